@@ -1,0 +1,365 @@
+package relay
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/textproto"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/pixelrelay/pixelrelay/consent"
+	"github.com/pixelrelay/pixelrelay/rewrite"
+)
+
+// outcome is the result of acting on a transaction's plan.
+type outcome struct {
+	// reply is the single SMTP reply; nil means "250 OK".
+	reply *smtp.SMTPError
+	// perRecipient is the LMTP view: nil error for delivered.
+	perRecipient map[*recipient]error
+}
+
+// DefaultCampaignHeaders name the campaign of a message, in order of
+// preference: the first one present wins.
+var DefaultCampaignHeaders = []string{"X-Campaign-Id", "List-Id", "X-Mailgun-Campaign-Id", "X-SES-CONFIGURATION-SET"}
+
+// deliver acts on the plan built at RCPT time: one copy per recipient group
+// (the original for those who consented, the enforced copy for the rest),
+// each handed to its own upstream transaction, then one audit record. It
+// never reports success for a recipient the upstream did not accept.
+func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
+	ctx := context.Background()
+	relayID := newID()
+	received := receivedHeader(s.helo, s.remote, r.cfg.Hostname, protocolName(s.lmtp, s.tls, s.user != ""), relayID, time.Now())
+	enforced := rewrite.Strip
+
+	key := retryKey(tx, msg)
+	var before map[string]bool
+	if r.deps.RetryMemory != nil {
+		var err error
+		if before, err = r.deps.RetryMemory.Delivered(key); err != nil {
+			// Without the memory a retry may duplicate; refusing the
+			// retry would lose nothing but delay everything.
+			r.log.Error("retry memory unreadable; a retried message may reach some recipients twice", "err", err)
+		}
+	}
+
+	var (
+		report   *rewrite.Report
+		problems []string
+		replies  []Reply
+	)
+	for _, g := range []*group{tx.keep, tx.enforce} {
+		if len(g.rcpts) == 0 {
+			if g.tx != nil {
+				g.tx.Abort()
+				g.tx = nil
+			}
+			continue
+		}
+		pending := g.rcpts[:0:0]
+		for _, rc := range g.rcpts {
+			if before[rc.pseudonym] {
+				rc.before = true
+			} else {
+				pending = append(pending, rc)
+			}
+		}
+		if len(pending) == 0 {
+			g.tx.Abort()
+			g.tx = nil
+			continue
+		}
+		if g.tx == nil || len(pending) < len(g.rcpts) {
+			r.reopen(ctx, tx, g, pending)
+		}
+		if g.tx == nil {
+			continue // every pending recipient already has its error
+		}
+		// The decision names every recipient of the group, retried or not,
+		// so that a retry produces the same bytes as the first attempt.
+		d := rewrite.Decision{Action: g.action(enforced), Recipients: addrs(g.rcpts)}
+		reply, rep, err := r.send(ctx, g, received, msg, d)
+		if rep != nil {
+			report = rep
+		}
+		if err != nil {
+			r.upstreamFailed("data", err)
+		} else {
+			replies = append(replies, reply)
+		}
+		for _, rc := range pending {
+			if rc.status == nil {
+				rc.status = err
+			}
+		}
+	}
+
+	if report == nil {
+		report = r.detect(tx, msg)
+	}
+	problems = append(problems, report.Problems...)
+
+	out := r.settle(s, tx, msg, key, replies)
+	r.audit(tx, msg, relayID, report, replies, problems, out)
+	return out
+}
+
+// reopen replaces a group's upstream transaction by one for the pending
+// recipients only: used when a retry finds some of them already delivered,
+// or when the transaction broke after RCPT.
+func (r *Relay) reopen(ctx context.Context, tx *transaction, g *group, pending []*recipient) {
+	if g.tx != nil {
+		g.tx.Abort()
+		g.tx = nil
+	}
+	t, err := r.deps.Upstream.Begin(ctx, tx.wireFrom, tx.opts)
+	if err != nil {
+		r.upstreamFailed("mail", err)
+		for _, rc := range pending {
+			rc.status = err
+		}
+		return
+	}
+	accepted := 0
+	for _, rc := range pending {
+		if err := t.Rcpt(ctx, rc.wire, rc.opts); err != nil {
+			rc.status = err
+			continue
+		}
+		accepted++
+	}
+	if accepted == 0 {
+		t.Abort()
+		return
+	}
+	g.tx = t
+}
+
+// send streams one group's copy: our Received: line, then the original or
+// the rewritten message.
+func (r *Relay) send(ctx context.Context, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, error) {
+	var report *rewrite.Report
+	reply, err := g.tx.Data(ctx, func(w io.Writer) error {
+		if _, err := w.Write(received); err != nil {
+			return err
+		}
+		if d.Action == rewrite.Keep {
+			// The consenting copy is the client's bytes, untouched.
+			_, err := io.Copy(w, msg.Reader())
+			return err
+		}
+		rep, err := r.deps.Rewriter.Rewrite(w, msg.Reader(), d)
+		report = &rep
+		return err
+	})
+	g.tx = nil
+	return reply, report, err
+}
+
+// detect runs the rewriter without changing anything, for the audit record
+// of a message no enforced copy was made of: all recipients consented, the
+// relay is in dry-run, or the enforced group failed before DATA.
+func (r *Relay) detect(tx *transaction, msg *message) *rewrite.Report {
+	d := rewrite.Decision{Action: rewrite.Keep, Recipients: addrs(tx.rcpts)}
+	var would []*recipient
+	for _, rc := range tx.rcpts {
+		if rc.consent != string(consent.Granted) {
+			would = append(would, rc)
+		}
+	}
+	if len(would) > 0 {
+		// What the non-consenting recipients' copy would have lost.
+		d = rewrite.Decision{Action: rewrite.Strip, Recipients: addrs(would)}
+	}
+	rep, err := r.deps.Rewriter.Rewrite(io.Discard, msg.Reader(), d)
+	if err != nil {
+		r.log.Error("tracker detection for the audit record failed", "err", err)
+	}
+	return &rep
+}
+
+// settle turns per-recipient results into the client's reply. The rules:
+// nothing is acknowledged that the upstream did not accept; a temporary
+// failure of any recipient makes the client retry, and the retry memory
+// keeps that retry from duplicating the copies already delivered; a
+// permanent failure next to successes is reported by a DSN, as a queueing
+// MTA would.
+func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, replies []Reply) *outcome {
+	var ok, temp, perm []*recipient
+	for _, rc := range tx.rcpts {
+		switch {
+		case rc.status == nil:
+			ok = append(ok, rc)
+		case isPermanent(rc.status):
+			perm = append(perm, rc)
+		default:
+			temp = append(temp, rc)
+		}
+	}
+	out := &outcome{}
+	if s.lmtp {
+		out.perRecipient = make(map[*recipient]error, len(tx.rcpts))
+		for _, rc := range tx.rcpts {
+			if rc.status != nil {
+				out.perRecipient[rc] = upstreamReply(rc.status)
+			} else {
+				out.perRecipient[rc] = nil
+			}
+		}
+		return out
+	}
+	switch {
+	case len(temp) > 0 && len(ok) > 0:
+		if r.deps.RetryMemory != nil {
+			if err := r.deps.RetryMemory.Remember(key, pseudonyms(ok)); err != nil {
+				r.log.Error("cannot record delivered recipients; the client's retry will duplicate them", "err", err)
+			}
+		}
+		r.log.Warn("partial delivery: some recipients deferred; answering 4xx so the client retries the rest",
+			"delivered", len(ok), "deferred", len(temp), "refused", len(perm))
+		out.reply = errPartial
+	case len(temp) > 0:
+		out.reply = upstreamReply(temp[0].status)
+	case len(perm) > 0 && len(ok) > 0:
+		r.sendDSN(tx, msg, perm)
+		out.reply = okReply(replies)
+	case len(perm) > 0:
+		out.reply = upstreamReply(perm[0].status)
+	default:
+		out.reply = okReply(replies)
+	}
+	return out
+}
+
+// okReply is the 250 the client sees, naming the upstream queue ids so that
+// an app's log leads straight to the next hop's.
+func okReply(replies []Reply) *smtp.SMTPError {
+	var ids []string
+	for _, rp := range replies {
+		if rp.QueueID != "" {
+			ids = append(ids, rp.QueueID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	return reply(250, smtp.EnhancedCode{2, 0, 0}, "OK: queued as "+strings.Join(ids, ","))
+}
+
+func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rewrite.Report, replies []Reply, problems []string, out *outcome) {
+	rec := &AuditRecord{
+		Time:         time.Now().UTC(),
+		MessageID:    strings.TrimSpace(msg.header.Get("Message-Id")),
+		Campaign:     campaignOf(msg.header, DefaultCampaignHeaders),
+		Tenant:       tx.tenant,
+		RelayVersion: r.deps.Version,
+		RulesVersion: r.deps.Rewriter.RulesVersion(),
+		SenderDomain: domainOf(tx.from),
+		DryRun:       r.cfg.DryRun,
+		DKIM:         "none",
+		DurationMS:   time.Since(tx.start).Milliseconds(),
+		RelayID:      relayID,
+		Problems:     problems,
+	}
+	wouldEnforce := string(rewrite.Strip)
+	for _, rc := range tx.rcpts {
+		ar := AuditRecipient{Pseudonym: rc.pseudonym, Consent: rc.consent, Action: string(rewrite.Keep)}
+		if rc.consent != string(consent.Granted) {
+			ar.Action = wouldEnforce
+		}
+		if r.cfg.AuditPlaintext {
+			ar.Address = rc.addr
+		}
+		switch {
+		case rc.status == nil:
+			ar.Status = 250
+		default:
+			ar.Status = upstreamReply(rc.status).Code
+		}
+		rec.Recipients = append(rec.Recipients, ar)
+	}
+	for _, f := range report.Trackers {
+		rec.Trackers = append(rec.Trackers, AuditTracker{Vendor: f.Vendor, Host: f.Host, Reasons: f.Reasons, Vector: f.Vector, Action: string(f.Action)})
+	}
+	if len(replies) > 0 {
+		rec.Upstream = replies[len(replies)-1]
+	}
+	if out.reply != nil && out.reply.Code >= 400 {
+		rec.Upstream = Reply{Code: out.reply.Code, Text: out.reply.Message}
+	}
+
+	var err error
+	delivered, failed := 0, 0
+	for _, rc := range tx.rcpts {
+		if rc.status == nil {
+			delivered++
+		} else {
+			failed++
+		}
+	}
+	switch {
+	case failed == 0:
+		err = r.deps.Audit.Delivered(rec)
+	case delivered > 0:
+		err = r.deps.Audit.Partial(rec)
+	case out.reply != nil && out.reply.Code >= 500:
+		err = r.deps.Audit.Refused(rec)
+	default:
+		err = r.deps.Audit.Deferred(rec)
+	}
+	if err != nil {
+		r.log.Error("cannot write the audit log", "err", err)
+	}
+	r.log.Info("message",
+		"relay_id", relayID, "tenant", tx.tenant, "outcome", rec.Outcome,
+		"recipients", len(tx.rcpts), "kept", len(tx.keep.rcpts), "enforced", len(tx.enforce.rcpts),
+		"trackers", len(rec.Trackers), "dry_run", r.cfg.DryRun,
+		"upstream", rec.Upstream.Code, "queue_id", rec.Upstream.QueueID, "duration_ms", rec.DurationMS)
+}
+
+// retryKey identifies "the same message to the same envelope", so that a
+// client's retry after a partial failure is recognised.
+func retryKey(tx *transaction, msg *message) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00", tx.tenant, tx.from)
+	rcpts := addrs(tx.rcpts)
+	sort.Strings(rcpts)
+	for _, a := range rcpts {
+		fmt.Fprintf(h, "%s\x00", strings.ToLower(a))
+	}
+	h.Write(msg.sum[:])
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func addrs(rcpts []*recipient) []string {
+	out := make([]string, len(rcpts))
+	for i, rc := range rcpts {
+		out[i] = rc.addr
+	}
+	return out
+}
+
+func pseudonyms(rcpts []*recipient) []string {
+	out := make([]string, len(rcpts))
+	for i, rc := range rcpts {
+		out[i] = rc.pseudonym
+	}
+	return out
+}
+
+// campaignOf returns the first campaign header present, trimmed.
+func campaignOf(h textproto.MIMEHeader, names []string) string {
+	for _, n := range names {
+		if v := strings.TrimSpace(h.Get(n)); v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,120 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// sendDSN tells the envelope sender, with an RFC 3464 delivery status
+// notification, that some recipients were refused permanently while the
+// others got the message. The client saw 250 for the whole message (the
+// delivered recipients must not be retried), so this is its only news of
+// the failures, exactly as from a queueing MTA.
+func (r *Relay) sendDSN(tx *transaction, msg *message, failed []*recipient) {
+	if tx.from == "" {
+		// RFC 3461: never send a DSN about a DSN (null sender).
+		r.log.Warn("recipients refused permanently; null sender, so no DSN", "refused", len(failed))
+		return
+	}
+	body := buildDSN(r.cfg.Hostname, tx, msg, failed, time.Now())
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.UpstreamConnectTimeout+r.cfg.UpstreamDataTimeout)
+	defer cancel()
+	t, err := r.deps.Upstream.Begin(ctx, "", nil)
+	if err != nil {
+		r.log.Error("cannot send DSN for refused recipients", "phase", "mail", "err", err, "refused", len(failed))
+		return
+	}
+	if err := t.Rcpt(ctx, tx.wireFrom, nil); err != nil {
+		t.Abort()
+		r.log.Error("cannot send DSN for refused recipients", "phase", "rcpt", "err", err, "refused", len(failed))
+		return
+	}
+	if _, err := t.Data(ctx, func(w io.Writer) error { _, err := w.Write(body); return err }); err != nil {
+		r.log.Error("cannot send DSN for refused recipients", "phase", "data", "err", err, "refused", len(failed))
+		return
+	}
+	r.log.Info("sent DSN to the sender for recipients refused permanently", "refused", len(failed))
+}
+
+// buildDSN composes a multipart/report (RFC 3462) with a human part, the
+// machine-readable delivery-status part (RFC 3464) and the original
+// message's header.
+func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, now time.Time) []byte {
+	boundary := "pixelrelay-dsn-" + newID()
+	var b bytes.Buffer
+	crlf := func(format string, args ...any) {
+		fmt.Fprintf(&b, format, args...)
+		b.WriteString("\r\n")
+	}
+	crlf("From: Mail Delivery System <MAILER-DAEMON@%s>", host)
+	crlf("To: <%s>", tx.from)
+	crlf("Subject: Undelivered Mail Returned to Sender")
+	crlf("Date: %s", now.Format(time.RFC1123Z))
+	crlf("Message-ID: <%s.dsn@%s>", newID(), host)
+	crlf("Auto-Submitted: auto-replied")
+	crlf("MIME-Version: 1.0")
+	crlf("Content-Type: multipart/report; report-type=delivery-status; boundary=\"%s\"", boundary)
+	crlf("")
+	crlf("--%s", boundary)
+	crlf("Content-Type: text/plain; charset=utf-8")
+	crlf("")
+	crlf("This is the mail system at %s.", host)
+	crlf("")
+	crlf("Your message was delivered to some recipients, but the next hop refused")
+	crlf("the recipients below permanently. It will not be retried for them.")
+	crlf("")
+	for _, rc := range failed {
+		se := upstreamReply(rc.status)
+		crlf("<%s>: %d %s", rc.addr, se.Code, oneLine(se.Message))
+	}
+	crlf("")
+	crlf("--%s", boundary)
+	crlf("Content-Type: message/delivery-status")
+	crlf("")
+	crlf("Reporting-MTA: dns; %s", host)
+	if tx.opts != nil && tx.opts.EnvelopeID != "" {
+		crlf("Original-Envelope-Id: %s", oneLine(tx.opts.EnvelopeID))
+	}
+	crlf("Arrival-Date: %s", tx.start.Format(time.RFC1123Z))
+	for _, rc := range failed {
+		se := upstreamReply(rc.status)
+		crlf("")
+		if rc.opts != nil && rc.opts.OriginalRecipient != "" {
+			kind := "rfc822"
+			if rc.opts.OriginalRecipientType == smtp.DSNAddressTypeUTF8 {
+				kind = "utf-8"
+			}
+			crlf("Original-Recipient: %s;%s", kind, oneLine(rc.opts.OriginalRecipient))
+		}
+		crlf("Final-Recipient: rfc822; %s", rc.addr)
+		crlf("Action: failed")
+		crlf("Status: %d.%d.%d", max(se.EnhancedCode[0], 5), max(se.EnhancedCode[1], 0), max(se.EnhancedCode[2], 0))
+		crlf("Diagnostic-Code: smtp; %d %s", se.Code, oneLine(se.Message))
+	}
+	crlf("")
+	crlf("--%s", boundary)
+	crlf("Content-Type: text/rfc822-headers")
+	crlf("")
+	end := headerLength(msg)
+	if end < 0 {
+		end = len(msg.mem)
+	}
+	b.Write(msg.mem[:end])
+	crlf("")
+	crlf("--%s--", boundary)
+	return b.Bytes()
+}
+
+func oneLine(s string) string {
+	return string(bytes.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, []byte(s)))
+}

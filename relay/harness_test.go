@@ -1,0 +1,132 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pixelrelay/pixelrelay/consent"
+	"github.com/pixelrelay/pixelrelay/rewrite"
+)
+
+// harness is a relay assembled from real parts: a bbolt consent store in a
+// temp dir, the real rewrite engine, the real audit log, and a go-smtp
+// upstream on loopback.
+type harness struct {
+	t         *testing.T
+	cfg       Config
+	relay     *Relay
+	store     *consent.Store
+	up        *fakeUpstream
+	audit     *AuditLog
+	auditPath string
+	addr      string
+	logs      *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newHarness(t *testing.T, mutate func(*Config)) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	h := &harness{t: t, up: newFakeUpstream(t), logs: &syncBuffer{}}
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTP = ""
+	cfg.Hostname = "relay.test"
+	cfg.Upstream = "smtp://" + h.up.addr
+	cfg.DB = filepath.Join(dir, "pixelrelay.db")
+	cfg.AuditLog = filepath.Join(dir, "audit.jsonl")
+	cfg.UpstreamConnectTimeout = 2 * time.Second
+	cfg.UpstreamCommandTimeout = 2 * time.Second
+	cfg.UpstreamDataTimeout = 3 * time.Second
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	h.cfg = cfg
+	h.auditPath = cfg.AuditLog
+
+	store, err := consent.Open(cfg.DB, consent.Options{LockTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.store = store
+	engine, err := rewrite.New(rewrite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := NewUpstream(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit, err := OpenAuditLog(cfg.AuditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.audit = audit
+	retry, err := NewRetryMemory(store.DB(), cfg.RetryMemory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r, err := New(cfg, Deps{
+		Consent: store, Rewriter: engine, Upstream: up, Audit: audit,
+		RetryMemory: retry, Logger: logger, Version: "test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h.relay = r
+	h.addr = r.Addr("smtp").String()
+	t.Cleanup(func() {
+		r.Close()
+		up.Close()
+		audit.Close()
+		store.Close()
+	})
+	return h
+}
+
+// setConsent records a consent event the way an operator would, with
+// proof fields, through the store's public API.
+func (h *harness) setConsent(addr, state string) {
+	h.t.Helper()
+	_, err := h.store.Record(context.Background(), consent.Event{
+		Tenant:      consent.DefaultTenant,
+		Address:     addr,
+		Purpose:     consent.PurposeOpenTracking,
+		State:       consent.State(state),
+		Method:      "web_form",
+		Source:      "relay-test",
+		TextVersion: "v1",
+		Evidence:    "test-evidence",
+		Actor:       "test",
+	})
+	if err != nil {
+		h.t.Fatalf("consent %s %s: %v", addr, state, err)
+	}
+}
+
+var _ = rewrite.Keep

@@ -1,0 +1,119 @@
+package relay
+
+import (
+	"encoding/json"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// RetryMemory remembers, for a while, which recipients of a message already
+// got it. When one recipient group was accepted upstream and another failed
+// temporarily, the relay must answer 4xx so the client retries; without this
+// memory the retry would deliver a second copy to the recipients that
+// already have one.
+type RetryMemory interface {
+	// Delivered returns the recipient keys already delivered for key.
+	Delivered(key string) (map[string]bool, error)
+	// Remember adds recipient keys delivered for key.
+	Remember(key string, rcpts []string) error
+}
+
+var retryBucket = []byte("relay_retry_memory")
+
+// boltRetryMemory keeps the memory in the relay's bbolt file. Recipients are
+// stored as pseudonyms, never addresses.
+type boltRetryMemory struct {
+	db  *bolt.DB
+	ttl time.Duration
+	now func() time.Time
+}
+
+type retryEntry struct {
+	Expires int64    `json:"expires"`
+	Rcpts   []string `json:"rcpts"`
+}
+
+// NewRetryMemory returns a RetryMemory in db's relay_retry_memory bucket.
+func NewRetryMemory(db *bolt.DB, ttl time.Duration) (RetryMemory, error) {
+	m := &boltRetryMemory{db: db, ttl: ttl, now: time.Now}
+	err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(retryBucket)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.sweep()
+	return m, nil
+}
+
+func (m *boltRetryMemory) Delivered(key string) (map[string]bool, error) {
+	var out map[string]bool
+	err := m.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(retryBucket).Get([]byte(key))
+		if v == nil {
+			return nil
+		}
+		var e retryEntry
+		if err := json.Unmarshal(v, &e); err != nil {
+			return err
+		}
+		if e.Expires < m.now().Unix() {
+			return nil
+		}
+		out = make(map[string]bool, len(e.Rcpts))
+		for _, r := range e.Rcpts {
+			out[r] = true
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (m *boltRetryMemory) Remember(key string, rcpts []string) error {
+	err := m.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(retryBucket)
+		var e retryEntry
+		if v := b.Get([]byte(key)); v != nil {
+			json.Unmarshal(v, &e)
+		}
+		seen := map[string]bool{}
+		for _, r := range e.Rcpts {
+			seen[r] = true
+		}
+		for _, r := range rcpts {
+			if !seen[r] {
+				e.Rcpts = append(e.Rcpts, r)
+				seen[r] = true
+			}
+		}
+		e.Expires = m.now().Add(m.ttl).Unix()
+		v, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(key), v)
+	})
+	if err == nil {
+		go m.sweep()
+	}
+	return err
+}
+
+// sweep drops expired entries. Partial failures are rare, so sweeping on
+// each new entry keeps the bucket small without a timer.
+func (m *boltRetryMemory) sweep() {
+	now := m.now().Unix()
+	m.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(retryBucket)
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var e retryEntry
+			if json.Unmarshal(v, &e) != nil || e.Expires < now {
+				c.Delete()
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,287 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/pixelrelay/pixelrelay/consent"
+	"github.com/pixelrelay/pixelrelay/rewrite"
+)
+
+// session is one SMTP connection. Mail and Rcpt decide, per recipient, as
+// data (the transaction); Data acts on that plan. go-smtp serialises
+// commands, but with BDAT it runs Data in a goroutine that a RSET may
+// race, hence the mutex.
+type session struct {
+	r      *Relay
+	conn   *smtp.Conn
+	remote netip.Addr
+	helo   string
+	lmtp   bool
+	tls    bool
+	user   string // authenticated identity, "" when none
+
+	mu sync.Mutex
+	tx *transaction
+}
+
+// transaction is the plan for one message: who gets which copy.
+type transaction struct {
+	start    time.Time
+	from     string // as the client gave it (go-smtp unquotes local parts)
+	wireFrom string // re-quoted for the upstream
+	opts     *smtp.MailOptions
+	tenant   string
+	rcpts    []*recipient
+	// Two groups: recipients who consented get the original (keep); the
+	// others get the enforced copy (strip, or beacon once the campaign is
+	// known at DATA). Each group has its own upstream transaction, opened
+	// at its first RCPT.
+	keep, enforce *group
+}
+
+type recipient struct {
+	addr      string // as received
+	wire      string // re-quoted for the upstream
+	opts      *smtp.RcptOptions
+	pseudonym string
+	consent   string // granted, denied, withdrawn, unknown or error
+	group     *group
+	// status is the upstream's verdict after DATA: nil for accepted.
+	status error
+	// before is set when the retry memory says a previous attempt
+	// already delivered to this recipient.
+	before bool
+}
+
+type group struct {
+	enforce bool
+	tx      Tx
+	// broken is the transport failure that ended tx, if any; later
+	// recipients of the group get the same temporary answer without a new
+	// connection attempt for each.
+	broken error
+	rcpts  []*recipient
+}
+
+func (s *session) AuthMechanisms() []string { return nil }
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.abortLocked()
+	if !s.r.mayRelay(s) {
+		s.r.log.Warn("refused unauthenticated MAIL from a source outside allow_net", "remote", s.remote.String())
+		return errAuthRequired
+	}
+	if hasControl(from) {
+		return errBadAddress
+	}
+	wire := ""
+	if from != "" {
+		wire = quoteAddress(from)
+	}
+	s.tx = &transaction{
+		start:    time.Now(),
+		from:     from,
+		wireFrom: wire,
+		opts:     opts,
+		tenant:   s.r.tenantFor(s.user, from),
+		keep:     &group{},
+		enforce:  &group{enforce: true},
+	}
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tx := s.tx
+	if tx == nil {
+		return errLocal
+	}
+	if to == "" || hasControl(to) {
+		return errBadAddress
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.r.cfg.UpstreamConnectTimeout+s.r.cfg.UpstreamCommandTimeout)
+	defer cancel()
+
+	rc := &recipient{addr: to, wire: quoteAddress(to), opts: opts}
+	rc.pseudonym = s.r.pseudonym(to)
+	rc.consent = s.r.lookupConsent(ctx, tx.tenant, to, rc.pseudonym)
+	// Fail closed: only an explicit grant keeps the trackers. Dry-run
+	// forwards the original to everyone and only records the decision.
+	g := tx.enforce
+	if rc.consent == string(consent.Granted) || s.r.cfg.DryRun {
+		g = tx.keep
+	}
+	if err := s.proxyRcpt(ctx, tx, g, rc); err != nil {
+		return err
+	}
+	rc.group = g
+	g.rcpts = append(g.rcpts, rc)
+	tx.rcpts = append(tx.rcpts, rc)
+	return nil
+}
+
+// proxyRcpt forwards the RCPT to the group's upstream transaction, opening
+// it first if this is the group's first recipient, so that the upstream's
+// verdict on this recipient is the client's answer.
+func (s *session) proxyRcpt(ctx context.Context, tx *transaction, g *group, rc *recipient) error {
+	if g.broken != nil {
+		return upstreamReply(g.broken)
+	}
+	if g.tx == nil {
+		t, err := s.r.deps.Upstream.Begin(ctx, tx.wireFrom, tx.opts)
+		if err != nil {
+			s.r.upstreamFailed("mail", err)
+			if !isSMTPReply(err) {
+				g.broken = err
+			}
+			return upstreamReply(err)
+		}
+		g.tx = t
+	}
+	if err := g.tx.Rcpt(ctx, rc.wire, rc.opts); err != nil {
+		s.r.upstreamFailed("rcpt", err)
+		if !isSMTPReply(err) {
+			g.broken = err
+			g.tx = nil
+		}
+		return upstreamReply(err)
+	}
+	return nil
+}
+
+func isSMTPReply(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se)
+}
+
+func (s *session) Data(r io.Reader) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.data(r)
+	if out == nil {
+		return nil
+	}
+	return out.reply
+}
+
+// LMTPData gives Postfix one status per recipient, so it defers only the
+// recipients that failed and never sends the others a duplicate.
+func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.data(r)
+	if out == nil || out.perRecipient == nil {
+		if out == nil {
+			return nil
+		}
+		return out.reply
+	}
+	for _, rc := range s.tx.rcpts {
+		status.SetStatus(rc.addr, out.perRecipient[rc])
+	}
+	return nil
+}
+
+func (s *session) data(r io.Reader) *outcome {
+	tx := s.tx
+	if tx == nil {
+		io.Copy(io.Discard, r)
+		return &outcome{reply: errLocal}
+	}
+	msg, err := s.r.spool.receive(r)
+	if err != nil {
+		s.abortLocked()
+		reply := dataError(err)
+		if errors.Is(err, errBareLineEnding) {
+			s.r.log.Warn("refused a message with bare CR or LF (possible SMTP smuggling)", "remote", s.remote.String())
+		} else if reply == errLocal {
+			s.r.log.Error("could not receive message", "err", err)
+		}
+		return &outcome{reply: reply}
+	}
+	defer msg.Close()
+	out := s.r.deliver(s, tx, msg)
+	s.tx = nil
+	return out
+}
+
+func (s *session) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.abortLocked()
+}
+
+func (s *session) Logout() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.abortLocked()
+	return nil
+}
+
+// abortLocked ends any open upstream transactions without a message.
+func (s *session) abortLocked() {
+	if s.tx == nil {
+		return
+	}
+	for _, g := range []*group{s.tx.keep, s.tx.enforce} {
+		if g.tx != nil {
+			g.tx.Abort()
+			g.tx = nil
+		}
+	}
+	s.tx = nil
+}
+
+// lookupConsent fails closed: any error is "error", which strips.
+func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym string) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := r.deps.Consent.Lookup(ctx, tenant, addr, consent.PurposeOpenTracking)
+	if err != nil {
+		// The store's message may quote the address; the log must not.
+		msg := strings.ReplaceAll(err.Error(), addr, pseudonym)
+		msg = strings.ReplaceAll(msg, strings.ToLower(addr), pseudonym)
+		r.log.Warn("consent lookup failed; stripping for this recipient", "tenant", tenant, "recipient", pseudonym, "err", msg)
+		return "error"
+	}
+	if st == "" {
+		return string(consent.Unknown)
+	}
+	return string(st)
+}
+
+func (r *Relay) pseudonym(addr string) string {
+	p, err := r.deps.Consent.Pseudonym(addr)
+	if err != nil {
+		r.log.Error("cannot pseudonymise a recipient", "err", err)
+		return "hmac-sha256:unavailable"
+	}
+	return p
+}
+
+func (r *Relay) upstreamFailed(phase string, err error) {
+	if isSMTPReply(err) {
+		r.log.Info("upstream refused", "phase", phase, "reply", err.Error())
+		return
+	}
+	r.log.Warn("upstream unavailable", "phase", phase, "err", err)
+}
+
+// action is the rewrite action a group's copy gets.
+func (g *group) action(enforced rewrite.Action) rewrite.Action {
+	if g.enforce {
+		return enforced
+	}
+	return rewrite.Keep
+}

@@ -1,0 +1,267 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"hash"
+	"io"
+	"net/textproto"
+	"os"
+	"sync"
+
+	"github.com/emersion/go-smtp"
+)
+
+// message is one received message body, held in memory up to a threshold
+// and spilled to an unlinked temporary file beyond it, so that a burst of
+// large messages cannot exhaust memory. It is read once per recipient group.
+type message struct {
+	mem    []byte
+	file   *os.File
+	size   int64
+	header textproto.MIMEHeader
+	// sum is the SHA-256 of the body as the client sent it, the message
+	// half of the retry-memory key.
+	sum [sha256.Size]byte
+	buf *[]byte // pooled backing array of mem
+}
+
+// Reader returns a fresh reader over the whole body.
+func (m *message) Reader() io.Reader {
+	if m.file != nil {
+		return io.NewSectionReader(m.file, 0, m.size)
+	}
+	return bytes.NewReader(m.mem)
+}
+
+// Close releases the memory buffer or the temporary file.
+func (m *message) Close() {
+	if m.file != nil {
+		m.file.Close()
+		m.file = nil
+	}
+	if m.buf != nil {
+		*m.buf = m.mem[:0]
+		spoolBuffers.Put(m.buf)
+		m.buf, m.mem = nil, nil
+	}
+}
+
+// spoolBuffers recycles message buffers between transactions; at a few
+// hundred messages a second, allocating 100 KB each is most of the garbage.
+var spoolBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 128<<10); return &b }}
+
+type spooler struct {
+	memLimit  int64
+	dir       string
+	maxHeader int // bytes before the blank line that ends the header
+	maxLine   int // longest line, CRLF excluded; 0 means no limit
+}
+
+var (
+	errBareLineEnding = errors.New("bare CR or LF")
+	errHeaderSize     = errors.New("header too large")
+	errLineLength     = errors.New("line too long")
+)
+
+// receive reads the DATA or BDAT stream to its end while enforcing strict
+// CRLF: a bare CR or LF is how SMTP smuggling (CVE-2023-51764 and kin)
+// hides a second message inside the first, so any such byte rejects the
+// whole message before a single byte goes upstream.
+func (sp *spooler) receive(r io.Reader) (*message, error) {
+	m := &message{buf: spoolBuffers.Get().(*[]byte)}
+	m.mem = (*m.buf)[:0]
+	h := sha256.New()
+	var (
+		chunk      [32 << 10]byte
+		lastCR     bool
+		lineLen    int
+		headerDone bool
+		headerEnd  = -1
+	)
+	for {
+		n, err := r.Read(chunk[:])
+		if n > 0 {
+			b := chunk[:n]
+			if !checkLineEndings(b, lastCR) {
+				m.Close()
+				return nil, errBareLineEnding
+			}
+			lastCR = b[n-1] == '\r'
+			if sp.maxLine > 0 {
+				if lineLen = longestLine(b, lineLen, sp.maxLine); lineLen < 0 {
+					m.Close()
+					return nil, errLineLength
+				}
+			}
+			if err := m.write(sp, b, h); err != nil {
+				m.Close()
+				return nil, err
+			}
+			if !headerDone {
+				if headerEnd = headerLength(m); headerEnd >= 0 {
+					headerDone = true
+				} else if sp.maxHeader > 0 && m.size > int64(sp.maxHeader) {
+					m.Close()
+					return nil, errHeaderSize
+				}
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	if lastCR {
+		m.Close()
+		return nil, errBareLineEnding
+	}
+	if sp.maxHeader > 0 && headerEnd > sp.maxHeader {
+		m.Close()
+		return nil, errHeaderSize
+	}
+	h.Sum(m.sum[:0])
+	m.header = parseHeader(m, headerEnd)
+	return m, nil
+}
+
+// checkLineEndings reports whether every LF in b is preceded by CR and
+// every CR followed by LF, given whether the previous chunk ended in CR.
+// Counting is SIMD-fast; this runs over every byte of every message.
+func checkLineEndings(b []byte, prevCR bool) bool {
+	if prevCR && (len(b) == 0 || b[0] != '\n') {
+		return false // the previous chunk's trailing CR was bare
+	}
+	lf := 0
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			break
+		}
+		p := i + j
+		if p == 0 {
+			if !prevCR {
+				return false
+			}
+		} else if b[p-1] != '\r' {
+			return false
+		}
+		lf++
+		i = p + 1
+	}
+	cr := bytes.Count(b, []byte{'\r'})
+	// Every LF has its CR right before it. A CR left unmatched means a bare
+	// CR, except a trailing CR whose LF starts the next chunk (checked there).
+	if prevCR {
+		cr++ // the LF at 0 is matched by the previous chunk's CR
+	}
+	unmatched := cr - lf
+	if len(b) > 0 && b[len(b)-1] == '\r' {
+		unmatched--
+	}
+	return unmatched == 0
+}
+
+// longestLine continues a running line length over b and returns the
+// length of the last unfinished line, or -1 when a line exceeds max.
+func longestLine(b []byte, cur, max int) int {
+	for len(b) > 0 {
+		j := bytes.IndexByte(b, '\n')
+		if j < 0 {
+			cur += len(b)
+			if cur > max+1 { // +1 leaves room for a CR whose LF is next
+				return -1
+			}
+			return cur
+		}
+		if cur+j-1 > max { // j-1: the CR before the LF is not content
+			return -1
+		}
+		cur = 0
+		b = b[j+1:]
+	}
+	return cur
+}
+
+func (m *message) write(sp *spooler, b []byte, h hash.Hash) error {
+	h.Write(b)
+	m.size += int64(len(b))
+	if m.file != nil {
+		_, err := m.file.Write(b)
+		return err
+	}
+	if int64(len(m.mem)+len(b)) <= sp.memLimit {
+		m.mem = append(m.mem, b...)
+		return nil
+	}
+	f, err := os.CreateTemp(sp.dir, "pixelrelay-spool-*")
+	if err != nil {
+		return err
+	}
+	// Unlinked at once: the data disappears with the process, even on a
+	// crash, and never lingers as a plaintext copy of someone's mail.
+	os.Remove(f.Name())
+	if _, err := f.Write(m.mem); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	m.file = f
+	// Keep the first bytes in memory: the header is parsed from them.
+	if len(m.mem) > 64<<10 {
+		m.mem = m.mem[:64<<10]
+	}
+	return nil
+}
+
+// headerLength returns the offset of the blank line that ends the header
+// within the in-memory prefix, or -1 if it has not been seen yet.
+func headerLength(m *message) int {
+	if bytes.HasPrefix(m.mem, []byte("\r\n")) {
+		return 0
+	}
+	i := bytes.Index(m.mem, []byte("\r\n\r\n"))
+	if i < 0 {
+		return -1
+	}
+	return i + 2
+}
+
+// parseHeader reads the fields the relay needs (Message-ID, campaign
+// headers, From). A damaged header is not an error: what parses is used
+// and the message itself is forwarded untouched.
+func parseHeader(m *message, end int) textproto.MIMEHeader {
+	if end < 0 {
+		end = len(m.mem)
+	}
+	r := textproto.NewReader(bufio.NewReader(bytes.NewReader(m.mem[:end])))
+	h, _ := r.ReadMIMEHeader()
+	if h == nil {
+		h = textproto.MIMEHeader{}
+	}
+	return h
+}
+
+// dataError maps a failure while receiving DATA to the client's reply.
+func dataError(err error) *smtp.SMTPError {
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		return se // go-smtp's ErrDataTooLarge
+	case errors.Is(err, errBareLineEnding):
+		return errBadLineEnding
+	case errors.Is(err, errHeaderSize):
+		return errHeaderTooBig
+	case errors.Is(err, errLineLength), errors.Is(err, smtp.ErrTooLongLine):
+		return errLineTooLong
+	}
+	return errLocal
+}
