@@ -48,13 +48,22 @@ type Config struct {
 	AuditLog       string `yaml:"audit_log" doc:"append-only JSON-lines audit log file, or - for stdout"`
 	AuditPlaintext bool   `yaml:"audit_plaintext" doc:"also write plaintext recipient addresses into the audit log"`
 
-	AllowNet []string `yaml:"allow_net" doc:"source networks allowed to send without AUTH (repeatable CIDR)"`
-	Users    string   `yaml:"users" doc:"file of AUTH users with bcrypt hashes"`
-	APIToken string   `yaml:"api_token" doc:"bearer token for the admin API; without one the consent API is off" secret:"all"`
+	AllowNet          []string `yaml:"allow_net" doc:"source networks allowed to send without AUTH (repeatable CIDR)"`
+	Users             string   `yaml:"users" doc:"file of AUTH users with bcrypt hashes: NAME HASH [SENDER,@DOMAIN,…] per line"`
+	AllowInsecureAuth bool     `yaml:"allow_insecure_auth" doc:"offer AUTH without TLS; only allowed when every SMTP listener is on loopback"`
+	AuthMaxFailures   int      `yaml:"auth_max_failures" doc:"failed AUTH attempts from one address before it gets 421 and is cut off for 15 minutes"`
+	APIToken          string   `yaml:"api_token" doc:"bearer token for the admin API; without one the consent API is off" secret:"all"`
 
-	MaxMessageBytes int64 `yaml:"max_message_bytes" doc:"largest message accepted, in bytes"`
-	MaxRecipients   int   `yaml:"max_recipients" doc:"most recipients accepted in one transaction"`
-	MaxConnections  int   `yaml:"max_connections" doc:"most concurrent SMTP connections"`
+	MaxMessageBytes     int64         `yaml:"max_message_bytes" doc:"largest message accepted, in bytes"`
+	MaxRecipients       int           `yaml:"max_recipients" doc:"most recipients accepted in one transaction"`
+	MaxConnections      int           `yaml:"max_connections" doc:"most concurrent SMTP connections"`
+	MaxConnectionsPerIP int           `yaml:"max_connections_per_ip" doc:"most concurrent SMTP connections from one address"`
+	MaxHeaderBytes      int           `yaml:"max_header_bytes" doc:"largest message header accepted, in bytes"`
+	MaxLineLength       int           `yaml:"max_line_length" doc:"longest command or message line accepted, in bytes"`
+	IdleTimeout         time.Duration `yaml:"idle_timeout" doc:"how long a client may wait between transactions"`
+	CommandTimeout      time.Duration `yaml:"command_timeout" doc:"how long a client may take to send the next command inside a transaction"`
+	DataTimeout         time.Duration `yaml:"data_timeout" doc:"how long a client may take to send a whole message"`
+	DrainTimeout        time.Duration `yaml:"drain_timeout" doc:"on SIGTERM, how long transactions in flight may take to finish"`
 
 	SpoolMemory int64         `yaml:"spool_memory" doc:"message size held in memory; larger messages are spilled to a temporary file"`
 	SpoolDir    string        `yaml:"spool_dir" doc:"directory for spilled messages (default: the system temporary directory)"`
@@ -101,9 +110,17 @@ func DefaultConfig() Config {
 		BeaconMinBatch:         50,
 		AuditLog:               "audit.jsonl",
 		AllowNet:               []string{"127.0.0.0/8", "::1/128"},
+		AuthMaxFailures:        5,
 		MaxMessageBytes:        25 << 20,
 		MaxRecipients:          1000,
 		MaxConnections:         200,
+		MaxConnectionsPerIP:    50,
+		MaxHeaderBytes:         1 << 20,
+		MaxLineLength:          8192,
+		IdleTimeout:            5 * time.Minute,
+		CommandTimeout:         5 * time.Minute,
+		DataTimeout:            10 * time.Minute,
+		DrainTimeout:           30 * time.Second,
 		SpoolMemory:            4 << 20,
 		RetryMemory:            24 * time.Hour,
 		LogFormat:              "text",
@@ -172,6 +189,10 @@ func (c *Config) Validate() error {
 		"upstream_command_timeout": c.UpstreamCommandTimeout,
 		"upstream_data_timeout":    c.UpstreamDataTimeout,
 		"retry_memory":             c.RetryMemory,
+		"idle_timeout":             c.IdleTimeout,
+		"command_timeout":          c.CommandTimeout,
+		"data_timeout":             c.DataTimeout,
+		"drain_timeout":            c.DrainTimeout,
 	} {
 		if d <= 0 {
 			bad(key, "must be a positive duration such as 30s")
@@ -217,6 +238,16 @@ func (c *Config) Validate() error {
 		bad("allow_net", "%v", err)
 	}
 	checkFile("users", c.Users)
+	if c.AllowInsecureAuth {
+		for key, addr := range map[string]string{"listen": c.Listen, "listen_lmtp": c.ListenLMTP} {
+			if addr != "" && !isLoopbackListen(addr) {
+				bad("allow_insecure_auth", "%s %s is not a loopback address; AUTH without TLS would send passwords in clear over the network", key, addr)
+			}
+		}
+	}
+	if c.AuthMaxFailures < 1 {
+		bad("auth_max_failures", "must be at least 1")
+	}
 
 	if c.MaxMessageBytes < 1024 {
 		bad("max_message_bytes", "must be at least 1024")
@@ -226,6 +257,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections < 1 {
 		bad("max_connections", "must be at least 1")
+	}
+	if c.MaxConnectionsPerIP < 1 {
+		bad("max_connections_per_ip", "must be at least 1")
+	}
+	if c.MaxHeaderBytes < 1024 {
+		bad("max_header_bytes", "must be at least 1024")
+	}
+	if c.MaxLineLength < 1000 {
+		bad("max_line_length", "must be at least 1000 (RFC 5321 allows lines of 1000 bytes)")
 	}
 	if c.SpoolMemory < 0 {
 		bad("spool_memory", "must not be negative")
@@ -287,4 +327,18 @@ func ParseNets(list []string) ([]netip.Prefix, error) {
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// isLoopbackListen tells whether a listen address can only be reached from
+// this host.
+func isLoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

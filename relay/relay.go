@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,9 +11,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pixelrelay/pixelrelay/consent"
 	"github.com/pixelrelay/pixelrelay/rewrite"
@@ -45,6 +48,8 @@ type Deps struct {
 	RetryMemory RetryMemory
 	Logger      *slog.Logger
 	Version     string
+	// Registry receives the relay's metrics; nil keeps them private.
+	Registry prometheus.Registerer
 }
 
 // Relay is the SMTP front end: a go-smtp Backend plus its listeners.
@@ -54,6 +59,12 @@ type Relay struct {
 	log   *slog.Logger
 	allow []netip.Prefix
 	spool spooler
+
+	metrics  *metrics
+	conns    *conns
+	certs    *certStore     // nil without tls_cert
+	auth     *authenticator // nil without users
+	draining atomic.Bool
 
 	mu        sync.Mutex
 	servers   []*smtp.Server
@@ -78,7 +89,7 @@ func New(cfg Config, deps Deps) (*Relay, error) {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 	allow, _ := ParseNets(cfg.AllowNet)
-	return &Relay{
+	r := &Relay{
 		cfg:   cfg,
 		deps:  deps,
 		log:   deps.Logger,
@@ -86,9 +97,47 @@ func New(cfg Config, deps Deps) (*Relay, error) {
 		spool: spooler{
 			memLimit:  cfg.SpoolMemory,
 			dir:       cfg.SpoolDir,
-			maxHeader: 1 << 20,
+			maxHeader: cfg.MaxHeaderBytes,
+			maxLine:   cfg.MaxLineLength,
 		},
-	}, nil
+		metrics: newMetrics(deps.Registry),
+		conns:   newConns(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+	}
+	if cfg.TLSCert != "" {
+		certs, err := loadCertStore(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, err
+		}
+		r.certs = certs
+	}
+	if cfg.Users != "" {
+		users, err := LoadUsers(cfg.Users)
+		if err != nil {
+			return nil, fmt.Errorf("users: %w", err)
+		}
+		r.auth = newAuthenticator(users, cfg.AuthMaxFailures)
+	}
+	return r, nil
+}
+
+// Reload re-reads the TLS certificate and the users file, for SIGHUP. On
+// error the previous ones stay in force.
+func (r *Relay) Reload() error {
+	var errs []error
+	if r.certs != nil {
+		if err := r.certs.Reload(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if r.auth != nil {
+		users, err := LoadUsers(r.cfg.Users)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("users: %w", err))
+		} else {
+			r.auth.setUsers(users)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Start binds every configured listener and serves them in the
@@ -108,10 +157,14 @@ func (r *Relay) Start() error {
 		if sp.addr == "" {
 			continue
 		}
-		ln, err := net.Listen("tcp", sp.addr)
+		tcp, err := net.Listen("tcp", sp.addr)
 		if err != nil {
 			r.Close()
 			return fmt.Errorf("listen %s on %s: %w", sp.name, sp.addr, err)
+		}
+		var ln net.Listener = &trackedListener{Listener: tcp, r: r, implicit: sp.tls}
+		if sp.tls {
+			ln = tls.NewListener(ln, r.certs.serverTLSConfig())
 		}
 		srv := r.newServer(sp.lmtp)
 		r.mu.Lock()
@@ -149,14 +202,81 @@ func (r *Relay) newServer(lmtp bool) *smtp.Server {
 	s.LMTP = lmtp
 	s.MaxMessageBytes = r.cfg.MaxMessageBytes
 	s.MaxRecipients = r.cfg.MaxRecipients
-	s.ReadTimeout = 5 * time.Minute
+	s.MaxLineLength = r.cfg.MaxLineLength
+	// The connection wrapper picks the real timeout per session state
+	// (idle, in a transaction); go-smtp only needs to ask for one.
+	s.ReadTimeout = r.cfg.IdleTimeout
 	s.WriteTimeout = time.Minute
+	if r.certs != nil {
+		// Offers STARTTLS on the plain listener.
+		s.TLSConfig = r.certs.serverTLSConfig()
+	}
+	s.AllowInsecureAuth = r.cfg.AllowInsecureAuth
 	// Postfix passes SMTPUTF8 and DSN parameters through a content filter
 	// only when the filter advertises them.
 	s.EnableSMTPUTF8 = true
 	s.EnableDSN = true
 	s.ErrorLog = slogPrinter{r.log}
 	return s
+}
+
+// Shutdown drains: it stops accepting, tells sessions idle between
+// transactions "421 4.3.2" and closes them, lets transactions in flight
+// finish until ctx ends, then closes whatever is left. go-smtp's own
+// Shutdown waits for clients to leave on their own, and its Close says
+// nothing to them, so the relay does this itself.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.draining.Store(true)
+	r.mu.Lock()
+	for _, l := range r.listeners {
+		l.ln.Close()
+	}
+	r.mu.Unlock()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, c := range r.conns.snapshot() {
+			if c.idle() {
+				c.goodbye()
+			}
+		}
+		if r.conns.count() == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			left := r.conns.snapshot()
+			r.log.Warn("drain deadline reached; closing sessions still in a transaction", "sessions", len(left))
+			for _, c := range left {
+				c.Close()
+			}
+			r.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return r.Close()
+}
+
+// Draining tells whether Shutdown has begun, for readiness probes.
+func (r *Relay) Draining() bool { return r.draining.Load() }
+
+// Ready reports whether the relay can take mail: listeners bound, not
+// draining, and the upstream answering.
+func (r *Relay) Ready(ctx context.Context) error {
+	if r.draining.Load() {
+		return errors.New("draining")
+	}
+	r.mu.Lock()
+	n := len(r.listeners)
+	r.mu.Unlock()
+	if n == 0 {
+		return errors.New("no SMTP listener bound")
+	}
+	if err := r.deps.Upstream.Check(ctx); err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	return nil
 }
 
 // Close stops listening and closes every session at once.
@@ -193,6 +313,9 @@ func (r *Relay) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		s.remote = ap.Addr().Unmap()
 	}
 	_, s.tls = c.TLSConnectionState()
+	if s.raw = rawConn(c.Conn()); s.raw != nil {
+		s.raw.sess.Store(s)
+	}
 	return s, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -26,11 +27,28 @@ type session struct {
 	helo   string
 	lmtp   bool
 	tls    bool
-	user   string // authenticated identity, "" when none
+	raw    *trackedConn // nil only in tests that bypass the listener
 
-	mu sync.Mutex
-	tx *transaction
+	mu      sync.Mutex
+	user    string // authenticated identity, "" when none
+	account *User
+	tx      *transaction
+	// inTx mirrors tx != nil without the mutex: the connection wrapper
+	// asks for it while Data (under BDAT) may hold the lock.
+	inTx atomic.Bool
 }
+
+func (s *session) inTransaction() bool { return s.inTx.Load() }
+
+// closeAfterReply makes the connection close once the next reply is out,
+// for 421 answers.
+func (s *session) closeAfterReply() {
+	if s.raw != nil {
+		s.raw.closeAfter.Store(true)
+	}
+}
+
+var errShuttingDown = reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 
 // transaction is the plan for one message: who gets which copy.
 type transaction struct {
@@ -71,18 +89,24 @@ type group struct {
 	rcpts  []*recipient
 }
 
-func (s *session) AuthMechanisms() []string { return nil }
-
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.abortLocked()
+	if s.r.draining.Load() {
+		s.closeAfterReply()
+		return errShuttingDown
+	}
 	if !s.r.mayRelay(s) {
 		s.r.log.Warn("refused unauthenticated MAIL from a source outside allow_net", "remote", s.remote.String())
 		return errAuthRequired
 	}
 	if hasControl(from) {
 		return errBadAddress
+	}
+	if s.account != nil && !s.account.MaySend(from) {
+		s.r.log.Warn("authenticated user tried a sender address not allowed for them", "user", s.user, "sender_domain", domainOf(from))
+		return errSenderNotAllowed(s.user)
 	}
 	wire := ""
 	if from != "" {
@@ -97,6 +121,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		keep:     &group{},
 		enforce:  &group{enforce: true},
 	}
+	s.inTx.Store(true)
 	return nil
 }
 
@@ -168,6 +193,7 @@ func isSMTPReply(err error) bool {
 func (s *session) Data(r io.Reader) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.setDataDeadline()
 	out := s.data(r)
 	if out == nil {
 		return nil
@@ -180,6 +206,7 @@ func (s *session) Data(r io.Reader) error {
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.setDataDeadline()
 	out := s.data(r)
 	if out == nil || out.perRecipient == nil {
 		if out == nil {
@@ -193,6 +220,15 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	return nil
 }
 
+// setDataDeadline bounds the whole message transfer: go-smtp sets no
+// deadline while DATA streams, so a client trickling bytes would hold the
+// session (and its upstream transactions) forever.
+func (s *session) setDataDeadline() {
+	if s.raw != nil {
+		s.raw.Conn.SetReadDeadline(time.Now().Add(s.r.cfg.DataTimeout))
+	}
+}
+
 func (s *session) data(r io.Reader) *outcome {
 	tx := s.tx
 	if tx == nil {
@@ -203,6 +239,7 @@ func (s *session) data(r io.Reader) *outcome {
 	if err != nil {
 		s.abortLocked()
 		reply := dataError(err)
+		s.r.metrics.rejectedMessages.WithLabelValues(rejectReason(err)).Inc()
 		if errors.Is(err, errBareLineEnding) {
 			s.r.log.Warn("refused a message with bare CR or LF (possible SMTP smuggling)", "remote", s.remote.String())
 		} else if reply == errLocal {
@@ -213,6 +250,7 @@ func (s *session) data(r io.Reader) *outcome {
 	defer msg.Close()
 	out := s.r.deliver(s, tx, msg)
 	s.tx = nil
+	s.inTx.Store(false)
 	return out
 }
 
@@ -241,6 +279,7 @@ func (s *session) abortLocked() {
 		}
 	}
 	s.tx = nil
+	s.inTx.Store(false)
 }
 
 // lookupConsent fails closed: any error is "error", which strips.
@@ -249,12 +288,14 @@ func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym strin
 	defer cancel()
 	st, err := r.deps.Consent.Lookup(ctx, tenant, addr, consent.PurposeOpenTracking)
 	if err != nil {
+		r.metrics.consentLookups.WithLabelValues("error").Inc()
 		// The store's message may quote the address; the log must not.
 		msg := strings.ReplaceAll(err.Error(), addr, pseudonym)
 		msg = strings.ReplaceAll(msg, strings.ToLower(addr), pseudonym)
 		r.log.Warn("consent lookup failed; stripping for this recipient", "tenant", tenant, "recipient", pseudonym, "err", msg)
 		return "error"
 	}
+	r.metrics.consentLookups.WithLabelValues("ok").Inc()
 	if st == "" {
 		return string(consent.Unknown)
 	}
@@ -271,6 +312,15 @@ func (r *Relay) pseudonym(addr string) string {
 }
 
 func (r *Relay) upstreamFailed(phase string, err error) {
+	kind := "temporary"
+	if isPermanent(err) {
+		kind = "permanent"
+	}
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		phase = ue.Phase
+	}
+	r.metrics.upstreamErrors.WithLabelValues(phase, kind).Inc()
 	if isSMTPReply(err) {
 		r.log.Info("upstream refused", "phase", phase, "reply", err.Error())
 		return
@@ -284,4 +334,18 @@ func (g *group) action(enforced rewrite.Action) rewrite.Action {
 		return enforced
 	}
 	return rewrite.Keep
+}
+
+func rejectReason(err error) string {
+	switch {
+	case errors.Is(err, errBareLineEnding):
+		return "bare_line_ending"
+	case errors.Is(err, errHeaderSize):
+		return "header"
+	case errors.Is(err, errLineLength), errors.Is(err, smtp.ErrTooLongLine):
+		return "line"
+	case isSMTPReply(err):
+		return "size"
+	}
+	return "io"
 }

@@ -1,0 +1,215 @@
+package relay
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// conns tracks every accepted connection. go-smtp has no connection cap,
+// no per-IP limit and no graceful drain that says 421 to idle clients, so
+// the relay wraps the listener and each connection to provide them.
+type conns struct {
+	mu    sync.Mutex
+	all   map[*trackedConn]struct{}
+	perIP map[netip.Addr]int
+	max   int
+	maxIP int
+	empty chan struct{} // closed when all is empty during a drain
+}
+
+func newConns(max, maxIP int) *conns {
+	return &conns{all: map[*trackedConn]struct{}{}, perIP: map[netip.Addr]int{}, max: max, maxIP: maxIP}
+}
+
+// admit registers c, or refuses when a limit is reached.
+// The returned code is a metric label, the text goes to the client.
+func (cs *conns) admit(c *trackedConn) (code, text string) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.max > 0 && len(cs.all) >= cs.max {
+		return "limit", "Too many connections"
+	}
+	if cs.maxIP > 0 && cs.perIP[c.ip] >= cs.maxIP {
+		return "limit_per_ip", "Too many connections from your address"
+	}
+	cs.all[c] = struct{}{}
+	cs.perIP[c.ip]++
+	return "", ""
+}
+
+func (cs *conns) remove(c *trackedConn) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if _, ok := cs.all[c]; !ok {
+		return
+	}
+	delete(cs.all, c)
+	if cs.perIP[c.ip]--; cs.perIP[c.ip] <= 0 {
+		delete(cs.perIP, c.ip)
+	}
+}
+
+func (cs *conns) snapshot() []*trackedConn {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	out := make([]*trackedConn, 0, len(cs.all))
+	for c := range cs.all {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (cs *conns) count() int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return len(cs.all)
+}
+
+// trackedListener admits connections within the limits and answers the
+// rest with 421 at once: an SMTP client understands a 421 greeting and
+// retries later, while a connection left in the backlog just hangs.
+type trackedListener struct {
+	net.Listener
+	r        *Relay
+	implicit bool // behind an implicit-TLS listener: nothing may be written in clear
+}
+
+func (l *trackedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, r: l.r, implicit: l.implicit}
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			tc.ip = ap.Addr().Unmap()
+		}
+		if l.r.draining.Load() {
+			l.r.metrics.connectionRefused("draining")
+			tc.refuse("4.3.2", "Service shutting down")
+			continue
+		}
+		if code, text := l.r.conns.admit(tc); code != "" {
+			l.r.log.Warn("connection refused", "remote", tc.ip.String(), "why", text)
+			l.r.metrics.connectionRefused(code)
+			tc.refuse("4.7.0", text)
+			continue
+		}
+		l.r.metrics.connectionOpened()
+		return tc, nil
+	}
+}
+
+// trackedConn is the raw TCP connection under go-smtp (and under TLS).
+type trackedConn struct {
+	net.Conn
+	r        *Relay
+	ip       netip.Addr
+	implicit bool
+
+	reading    atomic.Bool // blocked waiting for client bytes
+	closeAfter atomic.Bool // close after the next write (a 421 reply)
+	sess       atomic.Pointer[session]
+	closed     sync.Once
+}
+
+func (c *trackedConn) refuse(enh, text string) {
+	if !c.implicit {
+		c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c.Conn, "421 %s %s %s, try again later\r\n", enh, c.r.cfg.Hostname, text)
+	}
+	c.Conn.Close()
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	c.reading.Store(true)
+	n, err := c.Conn.Read(p)
+	c.reading.Store(false)
+	return n, err
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeAfter.Load() {
+		c.Close()
+	}
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.closed.Do(func() {
+		c.r.conns.remove(c)
+		c.r.metrics.connectionClosed()
+	})
+	return err
+}
+
+// SetReadDeadline replaces go-smtp's single ReadTimeout with the timeout
+// for the session's state: a client between transactions may idle longer
+// than one in the middle of a transaction.
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		return c.Conn.SetReadDeadline(t)
+	}
+	d := c.r.cfg.IdleTimeout
+	if s := c.sess.Load(); s != nil && s.inTransaction() {
+		d = c.r.cfg.CommandTimeout
+	}
+	return c.Conn.SetReadDeadline(time.Now().Add(d))
+}
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	if t.IsZero() {
+		return c.Conn.SetDeadline(t)
+	}
+	if err := c.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.SetReadDeadline(t)
+}
+
+// rawConn finds the trackedConn under a go-smtp connection, through TLS.
+func rawConn(c net.Conn) *trackedConn {
+	for {
+		switch x := c.(type) {
+		case *trackedConn:
+			return x
+		case *tls.Conn:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
+}
+
+// idle tells whether the connection sits between transactions with every
+// reply sent: go-smtp only reads the next command after answering the
+// last, so "blocked in Read outside a transaction" means nothing is owed.
+func (c *trackedConn) idle() bool {
+	if !c.reading.Load() {
+		return false
+	}
+	s := c.sess.Load()
+	return s == nil || !s.inTransaction()
+}
+
+// goodbye tells an idle client the relay is going away, then closes.
+func (c *trackedConn) goodbye() {
+	msg := fmt.Sprintf("421 4.3.2 %s Service shutting down, try again later\r\n", c.r.cfg.Hostname)
+	if s := c.sess.Load(); s != nil {
+		// Through TLS when the session has it.
+		w := s.conn.Conn()
+		w.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		w.Write([]byte(msg))
+	} else if !c.implicit {
+		c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		c.Conn.Write([]byte(msg))
+	}
+	c.Close()
+}
