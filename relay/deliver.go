@@ -146,6 +146,8 @@ func (r *Relay) reopen(ctx context.Context, tx *transaction, g *group, pending [
 // the rewritten message.
 func (r *Relay) send(ctx context.Context, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, error) {
 	var report *rewrite.Report
+	start := time.Now()
+	defer func() { r.metrics.upstreamSeconds.Observe(time.Since(start).Seconds()) }()
 	reply, err := g.tx.Data(ctx, func(w io.Writer) error {
 		if _, err := w.Write(received); err != nil {
 			return err
@@ -155,7 +157,9 @@ func (r *Relay) send(ctx context.Context, g *group, received []byte, msg *messag
 			_, err := io.Copy(w, msg.Reader())
 			return err
 		}
+		t := time.Now()
 		rep, err := r.deps.Rewriter.Rewrite(w, msg.Reader(), d)
+		r.metrics.rewriteSeconds.Observe(time.Since(t).Seconds())
 		report = &rep
 		return err
 	})
@@ -222,12 +226,14 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 				r.log.Error("cannot record delivered recipients; the client's retry will duplicate them", "err", err)
 			}
 		}
+		r.metrics.partialFailures.WithLabelValues("temporary").Inc()
 		r.log.Warn("partial delivery: some recipients deferred; answering 4xx so the client retries the rest",
 			"delivered", len(ok), "deferred", len(temp), "refused", len(perm))
 		out.reply = errPartial
 	case len(temp) > 0:
 		out.reply = upstreamReply(temp[0].status)
 	case len(perm) > 0 && len(ok) > 0:
+		r.metrics.partialFailures.WithLabelValues("permanent").Inc()
 		r.sendDSN(tx, msg, perm)
 		out.reply = okReply(replies)
 	case len(perm) > 0:
@@ -316,6 +322,17 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rew
 	}
 	if err != nil {
 		r.log.Error("cannot write the audit log", "err", err)
+	}
+	r.metrics.messages.WithLabelValues(rec.Outcome).Inc()
+	for _, ar := range rec.Recipients {
+		r.metrics.recipients.WithLabelValues(ar.Consent, ar.Action).Inc()
+	}
+	for _, tr := range rec.Trackers {
+		vendor := tr.Vendor
+		if vendor == "" {
+			vendor = "unknown"
+		}
+		r.metrics.trackers.WithLabelValues(vendor, tr.Action).Inc()
 	}
 	r.log.Info("message",
 		"relay_id", relayID, "tenant", tx.tenant, "outcome", rec.Outcome,
