@@ -55,4 +55,8 @@ type Report struct {
 	// Problems lists non-fatal trouble (malformed MIME, an unknown charset)
 	// under which the affected bytes were passed through unchanged.
 	Problems []string
+	// DroppedParts are the MIME part paths removed from this copy: a
+	// text/x-amp-html alternative with trackers or remote data fetches,
+	// for a recipient who did not consent. The HTML alternative remains.
+	DroppedParts []string
 }

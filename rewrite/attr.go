@@ -1,0 +1,258 @@
+package rewrite
+
+import (
+	"html"
+	"strconv"
+	"strings"
+)
+
+// attrSpan locates one attribute inside the raw bytes of a start tag, in
+// absolute offsets of the part's HTML. The tokenizer's TagAttr gives
+// unescaped values but no positions; splicing needs positions, so tags of
+// interest are parsed a second time here, following the same WHATWG rules
+// the tokenizer follows.
+type attrSpan struct {
+	ok         bool
+	start, end int // removal range: leading whitespace through the value's closing quote
+	vs, ve     int // the raw value
+}
+
+// tagAttrs holds the attributes pixelrelay looks at. The first occurrence
+// of a name wins, as in the tokenizer.
+type tagAttrs struct {
+	src, srcset, background, style, poster, data, href, rel, typ, width, height, hidden, xlinkHref attrSpan
+}
+
+func (a *tagAttrs) reset() { *a = tagAttrs{} }
+
+// parseAttrs parses the start tag view[ts:te].
+func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
+	out.reset()
+	i := ts + 1
+	for i < te && !isSpace(view[i]) && view[i] != '/' && view[i] != '>' {
+		i++
+	}
+	var nameBuf [16]byte
+	for i < te {
+		wsStart := i
+		for i < te && isSpace(view[i]) {
+			i++
+		}
+		if i >= te || view[i] == '>' {
+			return
+		}
+		if view[i] == '/' {
+			i++
+			continue
+		}
+		nameStart := i
+		i++ // the first character is part of the name even if it is '='
+		for i < te && !isSpace(view[i]) && view[i] != '/' && view[i] != '>' && view[i] != '=' {
+			i++
+		}
+		nameEnd := i
+		end := i
+		for i < te && isSpace(view[i]) {
+			i++
+		}
+		vs, ve := nameEnd, nameEnd
+		if i < te && view[i] == '=' {
+			i++
+			for i < te && isSpace(view[i]) {
+				i++
+			}
+			if i < te {
+				switch q := view[i]; q {
+				case '"', '\'':
+					i++
+					vs = i
+					for i < te && view[i] != q {
+						i++
+					}
+					ve = i
+					if i < te {
+						i++
+					}
+				case '>':
+				default:
+					vs = i
+					for i < te && !isSpace(view[i]) && view[i] != '>' {
+						i++
+					}
+					ve = i
+				}
+			}
+			end = i
+		} else {
+			i = nameEnd
+		}
+		n := nameEnd - nameStart
+		if n > len(nameBuf) {
+			continue
+		}
+		for k := 0; k < n; k++ {
+			c := view[nameStart+k]
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			nameBuf[k] = c
+		}
+		var dst *attrSpan
+		switch string(nameBuf[:n]) {
+		case "src":
+			dst = &out.src
+		case "srcset":
+			dst = &out.srcset
+		case "background":
+			dst = &out.background
+		case "style":
+			dst = &out.style
+		case "poster":
+			dst = &out.poster
+		case "data":
+			dst = &out.data
+		case "href":
+			dst = &out.href
+		case "rel":
+			dst = &out.rel
+		case "type":
+			dst = &out.typ
+		case "width":
+			dst = &out.width
+		case "height":
+			dst = &out.height
+		case "hidden":
+			dst = &out.hidden
+		case "xlink:href":
+			dst = &out.xlinkHref
+		}
+		if dst != nil && !dst.ok {
+			*dst = attrSpan{ok: true, start: wsStart, end: end, vs: vs, ve: ve}
+		}
+	}
+}
+
+// attrValue returns the attribute's value with entities unescaped.
+func attrValue(view []byte, a attrSpan) string {
+	if !a.ok {
+		return ""
+	}
+	v := view[a.vs:a.ve]
+	for _, c := range v {
+		if c == '&' {
+			return html.UnescapeString(string(v))
+		}
+	}
+	return string(v)
+}
+
+// cssLength parses an HTML width/height attribute or a CSS length into
+// whole pixels; ok is false for percentages, auto and units other than px
+// (a zero in any unit is still zero).
+func cssLength(s string) (px float64, ok bool) {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '!'); i >= 0 {
+		s = strings.TrimSpace(s[:i])
+	}
+	n := 0
+	for n < len(s) && (s[n] >= '0' && s[n] <= '9' || s[n] == '.') {
+		n++
+	}
+	if n == 0 {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(s[:n], 64)
+	if err != nil {
+		return 0, false
+	}
+	unit := strings.TrimSpace(s[n:])
+	switch {
+	case v == 0:
+		return 0, true
+	case unit == "" || strings.EqualFold(unit, "px"):
+		return v, true
+	}
+	return 0, false
+}
+
+// boxStyle is what an element's inline style says about its size and
+// visibility.
+type boxStyle struct {
+	w, h, maxW, maxH       float64
+	hasW, hasH             bool
+	hasMaxW, hasMaxH       bool
+	hidden                 bool // display:none, visibility:hidden, opacity:0, max-height:0, height:0 with overflow:hidden
+	msoHide                bool // mso-hide:all: hidden in Outlook only, so weak
+	zeroHeight, overflowHd bool
+}
+
+// parseBoxStyle reads the declarations of an inline style value.
+func parseBoxStyle(v []byte, b *boxStyle) {
+	for len(v) > 0 {
+		semi := indexByteOr(v, ';')
+		decl := v[:semi]
+		if semi < len(v) {
+			v = v[semi+1:]
+		} else {
+			v = nil
+		}
+		colon := indexByteOr(decl, ':')
+		if colon >= len(decl) {
+			continue
+		}
+		name := lowerASCII(string(trimSpaceBytes(decl[:colon])))
+		val := strings.TrimSpace(string(decl[colon+1:]))
+		if i := strings.IndexByte(val, '!'); i >= 0 {
+			val = strings.TrimSpace(val[:i])
+		}
+		val = lowerASCII(val)
+		switch name {
+		case "width":
+			b.w, b.hasW = cssLength(val)
+		case "height":
+			b.h, b.hasH = cssLength(val)
+			if b.hasH && b.h == 0 {
+				b.zeroHeight = true
+			}
+		case "max-width":
+			b.maxW, b.hasMaxW = cssLength(val)
+		case "max-height":
+			b.maxH, b.hasMaxH = cssLength(val)
+			if b.hasMaxH && b.maxH == 0 {
+				b.hidden = true
+			}
+		case "display":
+			if val == "none" {
+				b.hidden = true
+			}
+		case "visibility":
+			if val == "hidden" || val == "collapse" {
+				b.hidden = true
+			}
+		case "opacity":
+			if f, err := strconv.ParseFloat(strings.TrimSuffix(val, "%"), 64); err == nil && f == 0 {
+				b.hidden = true
+			}
+		case "overflow", "overflow-y":
+			if val == "hidden" || val == "clip" {
+				b.overflowHd = true
+			}
+		case "mso-hide":
+			if val == "all" {
+				b.msoHide = true
+			}
+		}
+	}
+	if b.zeroHeight && b.overflowHd {
+		b.hidden = true
+	}
+}
+
+func indexByteOr(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return len(b)
+}

@@ -1,0 +1,225 @@
+package rewrite
+
+import "html"
+
+// cssRef is one url() or @import target found in CSS, with the range of the
+// declaration (or @import rule) that removing it takes away.
+type cssRef struct {
+	url        []byte
+	start, end int // absolute offsets in the part's HTML
+}
+
+// scanCSS finds the remote references in view[s:e]. In a style attribute
+// (attr true) HTML entities are decoded first (Outlook writes
+// font-family:&quot;Arial&quot;), and offsets are mapped back to the raw
+// bytes. The scanner knows comments, strings and parentheses, which is all
+// that is needed to find declaration boundaries without a full CSS parser.
+func scanCSS(view []byte, s, e int, attr bool, out []cssRef) []cssRef {
+	css := view[s:e]
+	var offs []int
+	if attr && indexByteOr(css, '&') < len(css) {
+		css, offs = unescapeWithOffsets(css, s)
+	}
+	abs := func(i int) int {
+		if offs != nil {
+			return offs[i]
+		}
+		return s + i
+	}
+	n := len(css)
+	stmt := 0
+	for i := 0; i < n; {
+		c := css[i]
+		switch {
+		case c == '/' && i+1 < n && css[i+1] == '*':
+			i = skipCSSComment(css, i)
+		case c == '"' || c == '\'':
+			i = skipCSSString(css, i)
+		case c == '{' || c == '}' || c == ';':
+			i++
+			stmt = i
+		case c == '@' && hasPrefixFoldBytes(css[i:], "@import"):
+			j := i + len("@import")
+			j = skipCSSSpace(css, j)
+			var u []byte
+			if hasPrefixFoldBytes(css[j:], "url(") {
+				u, j = readCSSURL(css, j+4)
+			} else if j < n && (css[j] == '"' || css[j] == '\'') {
+				k := skipCSSString(css, j)
+				u = trimQuotes(css[j:k])
+				j = k
+			}
+			end, _ := declEnd(css, j)
+			if u != nil {
+				out = append(out, cssRef{url: u, start: abs(stmt), end: abs(end)})
+			}
+			i = end
+			if i <= j {
+				i = j + 1
+			}
+			stmt = i
+		case (c == 'u' || c == 'U') && hasPrefixFoldBytes(css[i:], "url(") && (i == 0 || !isIdentChar(css[i-1])):
+			u, j := readCSSURL(css, i+4)
+			end, ok := declEnd(css, j)
+			if ok && u != nil {
+				out = append(out, cssRef{url: u, start: abs(stmt), end: abs(end)})
+			}
+			i = j
+		default:
+			i++
+		}
+	}
+	return out
+}
+
+// readCSSURL reads the argument of url( starting at i (just after the
+// parenthesis) and returns it and the offset after the closing ')'.
+func readCSSURL(css []byte, i int) ([]byte, int) {
+	n := len(css)
+	i = skipCSSSpace(css, i)
+	var u []byte
+	if i < n && (css[i] == '"' || css[i] == '\'') {
+		k := skipCSSString(css, i)
+		u = trimQuotes(css[i:k])
+		i = k
+	} else {
+		start := i
+		for i < n && css[i] != ')' && !isSpace(css[i]) {
+			if css[i] == '\\' && i+1 < n {
+				i++
+			}
+			i++
+		}
+		u = css[start:i]
+	}
+	for i < n && css[i] != ')' {
+		i++
+	}
+	if i < n {
+		i++
+	}
+	return u, i
+}
+
+// declEnd finds where the declaration containing offset i ends: just after
+// its ';', at its block's '}', or at the end. ok is false when a '{' comes
+// first (the url was in a selector or prelude, which is not a declaration).
+func declEnd(css []byte, i int) (int, bool) {
+	depth := 0
+	for i < len(css) {
+		switch c := css[i]; {
+		case c == '/' && i+1 < len(css) && css[i+1] == '*':
+			i = skipCSSComment(css, i)
+			continue
+		case c == '"' || c == '\'':
+			i = skipCSSString(css, i)
+			continue
+		case c == '(':
+			depth++
+		case c == ')':
+			if depth > 0 {
+				depth--
+			}
+		case c == ';' && depth == 0:
+			return i + 1, true
+		case c == '}' && depth == 0:
+			return i, true
+		case c == '{' && depth == 0:
+			return i, false
+		}
+		i++
+	}
+	return len(css), true
+}
+
+func skipCSSComment(css []byte, i int) int {
+	for j := i + 2; j+1 < len(css); j++ {
+		if css[j] == '*' && css[j+1] == '/' {
+			return j + 2
+		}
+	}
+	return len(css)
+}
+
+func skipCSSString(css []byte, i int) int {
+	q := css[i]
+	for j := i + 1; j < len(css); j++ {
+		switch css[j] {
+		case '\\':
+			j++
+		case q:
+			return j + 1
+		case '\n':
+			return j // an unterminated string ends at the line (CSS "bad string")
+		}
+	}
+	return len(css)
+}
+
+func skipCSSSpace(css []byte, i int) int {
+	for i < len(css) && isSpace(css[i]) {
+		i++
+	}
+	return i
+}
+
+func trimQuotes(b []byte) []byte {
+	if len(b) > 0 && (b[0] == '"' || b[0] == '\'') {
+		q := b[0]
+		b = b[1:]
+		if len(b) > 0 && b[len(b)-1] == q {
+			b = b[:len(b)-1]
+		}
+	}
+	return b
+}
+
+func isIdentChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c >= 0x80
+}
+
+func hasPrefixFoldBytes(b []byte, prefix string) bool {
+	if len(b) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := b[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// unescapeWithOffsets decodes HTML character references in raw and returns
+// the decoded bytes with, for each decoded byte, the absolute offset of the
+// raw byte it came from (plus one final entry for the end).
+func unescapeWithOffsets(raw []byte, base int) ([]byte, []int) {
+	out := make([]byte, 0, len(raw))
+	offs := make([]int, 0, len(raw)+1)
+	for i := 0; i < len(raw); {
+		if raw[i] == '&' {
+			j := i + 1
+			for j < len(raw) && j-i < 40 && raw[j] != ';' && raw[j] != '&' && !isSpace(raw[j]) {
+				j++
+			}
+			if j < len(raw) && raw[j] == ';' {
+				dec := html.UnescapeString(string(raw[i : j+1]))
+				for k := 0; k < len(dec); k++ {
+					out = append(out, dec[k])
+					offs = append(offs, base+i)
+				}
+				i = j + 1
+				continue
+			}
+		}
+		out = append(out, raw[i])
+		offs = append(offs, base+i)
+		i++
+	}
+	offs = append(offs, base+len(raw))
+	return out, offs
+}

@@ -1,0 +1,384 @@
+package rewrite
+
+import (
+	"bytes"
+	"compress/zlib"
+	"crypto/md5"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"html"
+	"io"
+	"net/url"
+	"strings"
+)
+
+// Reason codes, as pinned in CONTRACTS.md (scan --json "reasons").
+const (
+	ReasonVendor      = "vendor"
+	ReasonRecipientID = "recipient-id"
+	ReasonTiny        = "tiny"
+	ReasonHidden      = "hidden"
+	ReasonOpenPath    = "open-path"
+	ReasonOpaqueToken = "opaque-token"
+	ReasonUserRule    = "user-rule"
+)
+
+// Vectors, as pinned in CONTRACTS.md (scan --json "vector"). Audio and
+// <source src> count as "video", <embed> as "object", SVG <image> as "img".
+const (
+	VectorImg        = "img"
+	VectorSrcset     = "srcset"
+	VectorBackground = "background"
+	VectorCSS        = "css"
+	VectorVML        = "vml"
+	VectorAmpImg     = "amp-img"
+	VectorInput      = "input"
+	VectorVideo      = "video"
+	VectorLink       = "link"
+	VectorObject     = "object"
+	VectorIframe     = "iframe"
+)
+
+// repeatLimit is how often one URL may appear in a part before it counts as
+// layout (a spacer) rather than a per-message beacon; Trocker uses the same
+// threshold.
+const repeatLimit = 5
+
+// cleanURL turns a raw attribute value into the URL a client would fetch:
+// entities unescaped, surrounding whitespace dropped, and tabs and newlines
+// inside removed (as the WHATWG URL parser does). It returns "" for
+// anything that is not a remote http(s) URL after resolving against base.
+func cleanURL(raw []byte, base string) string {
+	raw = trimSpaceBytes(raw)
+	if len(raw) == 0 {
+		return ""
+	}
+	var s string
+	if bytes.IndexByte(raw, '&') >= 0 {
+		s = html.UnescapeString(string(raw))
+	} else {
+		s = string(raw)
+	}
+	if strings.ContainsAny(s, "\t\n\r") {
+		s = strings.Map(func(r rune) rune {
+			if r == '\t' || r == '\n' || r == '\r' {
+				return -1
+			}
+			return r
+		}, s)
+	}
+	s = strings.TrimSpace(s)
+	return absURL(s, base)
+}
+
+func absURL(s, base string) string {
+	switch {
+	case hasPrefixFold(s, "https://"), hasPrefixFold(s, "http://"):
+		return s
+	case strings.HasPrefix(s, "//"):
+		return "https:" + s
+	}
+	if base == "" || schemeOf(s) != "" {
+		// cid:, data:, mailto: and relative URLs without a <base> fetch
+		// nothing remote.
+		return ""
+	}
+	b, err := url.Parse(base)
+	if err != nil {
+		return ""
+	}
+	r, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	abs := b.ResolveReference(r).String()
+	if hasPrefixFold(abs, "https://") || hasPrefixFold(abs, "http://") {
+		return abs
+	}
+	return ""
+}
+
+func schemeOf(s string) string {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case (c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.') && i > 0:
+		case c == ':' && i > 0:
+			return s[:i]
+		default:
+			return ""
+		}
+	}
+	return ""
+}
+
+// splitURL returns the lower-case host name (no user info, no port) and the
+// path and query of an absolute http(s) URL, without the fragment.
+func splitURL(u string) (host, target string) {
+	i := strings.Index(u, "//")
+	if i < 0 {
+		return "", ""
+	}
+	rest := u[i+2:]
+	end := strings.IndexAny(rest, "/?#")
+	auth := rest
+	if end >= 0 {
+		auth, target = rest[:end], rest[end:]
+	}
+	if at := strings.LastIndexByte(auth, '@'); at >= 0 {
+		auth = auth[at+1:]
+	}
+	if strings.HasPrefix(auth, "[") {
+		if j := strings.IndexByte(auth, ']'); j >= 0 {
+			auth = auth[:j+1]
+		}
+	} else if c := strings.IndexByte(auth, ':'); c >= 0 {
+		auth = auth[:c]
+	}
+	host = lowerASCII(strings.TrimSuffix(auth, "."))
+	if h := strings.IndexByte(target, '#'); h >= 0 {
+		target = target[:h]
+	}
+	if target == "" || target[0] == '?' {
+		target = "/" + target
+	}
+	return host, target
+}
+
+// openPath reports a path or query shaped like an open endpoint. Alone it
+// is weak: it needs an opaque token or hidden placement as well.
+func openPath(host, target string) bool {
+	path, query := target, ""
+	if q := strings.IndexByte(target, '?'); q >= 0 {
+		path, query = target[:q], target[q+1:]
+	}
+	lq := lowerASCII(query)
+	if strings.Contains(lq, "=open") || strings.Contains(lq, "type=open") || strings.Contains(lq, "event=open") {
+		return true
+	}
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for i, seg := range segs {
+		s := lowerASCII(seg)
+		if dot := strings.LastIndexByte(s, '.'); dot > 0 {
+			s = s[:dot]
+		}
+		switch s {
+		case "open", "opened", "openrate", "trk", "track", "tracking", "trace", "pixel", "beacon", "px", "imp", "op", "eo", "oo":
+			return true
+		case "o", "mo":
+			// The generic shape: first segment /o or /mo, or /e/o.
+			if i == 0 || (i == 1 && segs[0] == "e") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// opaqueToken reports a path segment or query value that looks like a
+// per-message identifier: long, and mixing letters with digits, or hex, or a
+// UUID. Content images often have hashed names too, so this is weak.
+func opaqueToken(target string) bool {
+	n := 0
+	start := 0
+	for i := 0; i <= len(target); i++ {
+		if i < len(target) {
+			c := target[i]
+			if c != '/' && c != '?' && c != '&' && c != '=' && c != ';' {
+				continue
+			}
+		}
+		tok := target[start:i]
+		start = i + 1
+		if dot := strings.LastIndexByte(tok, '.'); dot > 0 && len(tok)-dot <= 5 {
+			tok = tok[:dot]
+		}
+		if len(tok) < 16 {
+			continue
+		}
+		var letters, digits, other int
+		for j := 0; j < len(tok); j++ {
+			c := tok[j]
+			switch {
+			case c >= '0' && c <= '9':
+				digits++
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+				letters++
+			case c == '-' || c == '_' || c == '~' || c == '%' || c == '+' || c == '.':
+				other++
+			default:
+				other += 100
+			}
+		}
+		if other > len(tok)/3 {
+			continue
+		}
+		if digits >= 3 && letters >= 3 {
+			n++
+		}
+	}
+	return n > 0
+}
+
+// recipientNeedles are the forms of the recipients' addresses searched for
+// in URLs: plain, and the MD5, SHA-1 and SHA-256 hex digests of the
+// normalised (trimmed, lower-case) address.
+type recipientNeedles struct {
+	addrs  []string
+	hashes []string
+}
+
+func newRecipientNeedles(rcpts []string) *recipientNeedles {
+	rn := &recipientNeedles{}
+	for _, r := range rcpts {
+		a := normalizeAddr(r)
+		if a == "" || !strings.Contains(a, "@") {
+			continue
+		}
+		rn.addrs = append(rn.addrs, a)
+		m := md5.Sum([]byte(a))
+		s1 := sha1.Sum([]byte(a))
+		s2 := sha256.Sum256([]byte(a))
+		rn.hashes = append(rn.hashes, hex.EncodeToString(m[:]), hex.EncodeToString(s1[:]), hex.EncodeToString(s2[:]))
+	}
+	return rn
+}
+
+func normalizeAddr(s string) string {
+	s = strings.TrimSpace(s)
+	s = strings.TrimPrefix(s, "<")
+	s = strings.TrimSuffix(s, ">")
+	return lowerASCII(strings.TrimSpace(s))
+}
+
+// find reports whether u carries a recipient's address: plain or
+// percent-encoded, base64 or base64url (also as a JWT payload or zlib
+// compressed), or as a hex digest.
+func (rn *recipientNeedles) find(u string) bool {
+	if rn == nil || len(rn.addrs) == 0 {
+		return false
+	}
+	l := lowerASCII(u)
+	for _, h := range rn.hashes {
+		if strings.Contains(l, h) {
+			return true
+		}
+	}
+	dec := l
+	for i := 0; i < 2 && strings.IndexByte(dec, '%') >= 0; i++ {
+		if d, err := url.QueryUnescape(dec); err == nil {
+			dec = d
+		} else if d, err := url.PathUnescape(dec); err == nil {
+			dec = d
+		} else {
+			break
+		}
+	}
+	if rn.containsAddr(l) || rn.containsAddr(dec) {
+		return true
+	}
+	// Base64 runs, in the case-preserved, percent-decoded URL.
+	raw := u
+	if strings.IndexByte(raw, '%') >= 0 {
+		if d, err := url.PathUnescape(raw); err == nil {
+			raw = d
+		}
+	}
+	return rn.scanBase64(raw)
+}
+
+func (rn *recipientNeedles) containsAddr(s string) bool {
+	for _, a := range rn.addrs {
+		if strings.Contains(s, a) {
+			return true
+		}
+	}
+	return false
+}
+
+func isB64(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '-' || c == '_'
+}
+
+func (rn *recipientNeedles) scanBase64(s string) bool {
+	// Split at characters that cannot be base64 ('/' can, but path
+	// separators are far more common than base64 '/', so both readings are
+	// tried: whole runs first, then runs split at '/').
+	for _, splitSlash := range []bool{false, true} {
+		start := -1
+		for i := 0; i <= len(s); i++ {
+			in := i < len(s) && isB64(s[i]) && !(splitSlash && s[i] == '/')
+			if in {
+				if start < 0 {
+					start = i
+				}
+				continue
+			}
+			if start >= 0 && i-start >= 8 {
+				if rn.checkB64(s[start:i]) {
+					return true
+				}
+			}
+			start = -1
+		}
+	}
+	return false
+}
+
+func (rn *recipientNeedles) checkB64(tok string) bool {
+	t := strings.NewReplacer("+", "-", "/", "_").Replace(tok)
+	t = strings.TrimRight(t, "=")
+	if len(t)%4 == 1 {
+		t = t[:len(t)-1]
+	}
+	b, err := base64.RawURLEncoding.DecodeString(t)
+	if err != nil {
+		return false
+	}
+	if rn.containsAddr(lowerASCII(string(b))) {
+		return true
+	}
+	if len(b) > 2 && b[0] == 0x78 && (b[1] == 0x01 || b[1] == 0x5e || b[1] == 0x9c || b[1] == 0xda) {
+		zr, err := zlib.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return false
+		}
+		out, _ := io.ReadAll(io.LimitReader(zr, 64<<10))
+		return rn.containsAddr(lowerASCII(string(out)))
+	}
+	return false
+}
+
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if c := b[j]; c >= 'A' && c <= 'Z' {
+					b[j] = c + 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+func trimSpaceBytes(b []byte) []byte {
+	for len(b) > 0 && isSpace(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && isSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
