@@ -73,6 +73,9 @@ type Config struct {
 	LogFormat string `yaml:"log_format" doc:"text or json"`
 	LogLevel  string `yaml:"log_level" doc:"debug, info, warn or error"`
 
+	DKIM         []DKIMKey `yaml:"dkim" doc:"keys to sign with after the rewrite: a list of {domain, selector, key_file}, picked by the From domain (config file only)"`
+	DKIMExisting string    `yaml:"dkim_existing" doc:"a DKIM-Signature on a copy whose body the relay changed is now invalid: remove it, or keep it"`
+
 	Purposes      []string `yaml:"purposes" doc:"consent purposes declared beyond open_tracking and click_tracking"`
 	IgnorePlusTag bool     `yaml:"ignore_plus_tag" doc:"consent lookups ignore a +tag in the local part"`
 
@@ -123,6 +126,7 @@ func DefaultConfig() Config {
 		DrainTimeout:           30 * time.Second,
 		SpoolMemory:            4 << 20,
 		RetryMemory:            24 * time.Hour,
+		DKIMExisting:           "remove",
 		LogFormat:              "text",
 		LogLevel:               "info",
 	}
@@ -276,6 +280,14 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	switch c.DKIMExisting {
+	case "remove", "keep":
+	default:
+		bad("dkim_existing", "%q is not remove or keep", c.DKIMExisting)
+	}
+	if _, err := loadDKIMKeys(c.DKIM); err != nil {
+		bad("dkim", "%v", err)
+	}
 	checkFile("rules", c.Rules)
 	switch c.LogFormat {
 	case "text", "json":

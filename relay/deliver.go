@@ -51,9 +51,10 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	}
 
 	var (
-		report   *rewrite.Report
-		problems []string
-		replies  []Reply
+		report     *rewrite.Report
+		problems   []string
+		replies    []Reply
+		dkimStatus = dkimNone
 	)
 	for _, g := range []*group{tx.keep, tx.enforce} {
 		if len(g.rcpts) == 0 {
@@ -85,9 +86,12 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 		// The decision names every recipient of the group, retried or not,
 		// so that a retry produces the same bytes as the first attempt.
 		d := rewrite.Decision{Action: g.action(enforced), Recipients: addrs(g.rcpts)}
-		reply, rep, err := r.send(ctx, g, received, msg, d)
+		reply, rep, dk, err := r.send(ctx, g, received, msg, d)
 		if rep != nil {
 			report = rep
+		}
+		if dkimRank(dk) > dkimRank(dkimStatus) {
+			dkimStatus = dk
 		}
 		if err != nil {
 			r.upstreamFailed("data", err)
@@ -107,7 +111,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	problems = append(problems, report.Problems...)
 
 	out := r.settle(s, tx, msg, key, replies)
-	r.audit(tx, msg, relayID, report, replies, problems, out)
+	r.audit(tx, msg, relayID, report, replies, problems, dkimStatus, out)
 	return out
 }
 
@@ -143,28 +147,104 @@ func (r *Relay) reopen(ctx context.Context, tx *transaction, g *group, pending [
 }
 
 // send streams one group's copy: our Received: line, then the original or
-// the rewritten message.
-func (r *Relay) send(ctx context.Context, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, error) {
-	var report *rewrite.Report
+// the rewritten message. When DKIM is involved the copy must be complete
+// before it goes out (a signature covers the whole body, and a signature
+// our rewrite broke must be removed from the header), so it is built first.
+func (r *Relay) send(ctx context.Context, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, string, error) {
 	start := time.Now()
 	defer func() { r.metrics.upstreamSeconds.Observe(time.Since(start).Seconds()) }()
+	signer := r.dkim[fromDomain(msg.header)]
+	hasSig := len(msg.header["Dkim-Signature"]) > 0
+	if signer == nil && !hasSig {
+		var report *rewrite.Report
+		reply, err := g.tx.Data(ctx, func(w io.Writer) error {
+			if _, err := w.Write(received); err != nil {
+				return err
+			}
+			if d.Action == rewrite.Keep {
+				// The consenting copy is the client's bytes, untouched.
+				_, err := io.Copy(w, msg.Reader())
+				return err
+			}
+			t := time.Now()
+			rep, err := r.deps.Rewriter.Rewrite(w, msg.Reader(), d)
+			r.metrics.rewriteSeconds.Observe(time.Since(t).Seconds())
+			report = &rep
+			return err
+		})
+		g.tx = nil
+		return reply, report, dkimNone, err
+	}
+
+	buf := &copyBuffer{limit: r.cfg.SpoolMemory, dir: r.cfg.SpoolDir}
+	defer buf.Close()
+	var report *rewrite.Report
+	changed := false
+	if d.Action == rewrite.Keep {
+		if _, err := io.Copy(buf, msg.Reader()); err != nil {
+			g.tx.Abort()
+			g.tx = nil
+			return Reply{}, nil, "", err
+		}
+	} else {
+		t := time.Now()
+		rep, err := r.deps.Rewriter.Rewrite(buf, msg.Reader(), d)
+		r.metrics.rewriteSeconds.Observe(time.Since(t).Seconds())
+		report = &rep
+		if err != nil {
+			g.tx.Abort()
+			g.tx = nil
+			return Reply{}, report, "", err
+		}
+		changed = rep.Changed
+	}
+	status := dkimNone
+	body := func() io.Reader { return buf.Reader() }
+	if hasSig {
+		status = dkimKept
+		if changed && r.cfg.DKIMExisting == "remove" {
+			// The app's signature no longer matches the body; leaving it
+			// would make receivers treat the mail as tampered with.
+			body = func() io.Reader { return withoutFields(buf.Reader(), "DKIM-Signature") }
+			status = dkimRemoved
+		}
+	}
+	var sig string
+	if signer != nil {
+		var err error
+		if sig, err = signer.sign(msg.header, body()); err != nil {
+			g.tx.Abort()
+			g.tx = nil
+			r.log.Error("DKIM signing failed", "domain", signer.domain, "err", err)
+			return Reply{}, report, "", err
+		}
+		status = dkimSigned
+	}
 	reply, err := g.tx.Data(ctx, func(w io.Writer) error {
+		if _, err := io.WriteString(w, sig); err != nil {
+			return err
+		}
 		if _, err := w.Write(received); err != nil {
 			return err
 		}
-		if d.Action == rewrite.Keep {
-			// The consenting copy is the client's bytes, untouched.
-			_, err := io.Copy(w, msg.Reader())
-			return err
-		}
-		t := time.Now()
-		rep, err := r.deps.Rewriter.Rewrite(w, msg.Reader(), d)
-		r.metrics.rewriteSeconds.Observe(time.Since(t).Seconds())
-		report = &rep
+		_, err := io.Copy(w, body())
 		return err
 	})
 	g.tx = nil
-	return reply, report, err
+	return reply, report, status, err
+}
+
+// dkimRank orders DKIM outcomes for the one value an audit record holds.
+func dkimRank(s string) int {
+	switch s {
+	case dkimSigned:
+		return 3
+	case dkimRemoved:
+		return 2
+	case dkimKept:
+		return 1
+	}
+	return 0
 }
 
 // detect runs the rewriter without changing anything, for the audit record
@@ -259,7 +339,7 @@ func okReply(replies []Reply) *smtp.SMTPError {
 	return reply(250, smtp.EnhancedCode{2, 0, 0}, "OK: queued as "+strings.Join(ids, ","))
 }
 
-func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rewrite.Report, replies []Reply, problems []string, out *outcome) {
+func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rewrite.Report, replies []Reply, problems []string, dkimStatus string, out *outcome) {
 	rec := &AuditRecord{
 		Time:         time.Now().UTC(),
 		MessageID:    strings.TrimSpace(msg.header.Get("Message-Id")),
@@ -269,7 +349,7 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rew
 		RulesVersion: r.deps.Rewriter.RulesVersion(),
 		SenderDomain: domainOf(tx.from),
 		DryRun:       r.cfg.DryRun,
-		DKIM:         "none",
+		DKIM:         dkimStatus,
 		DurationMS:   time.Since(tx.start).Milliseconds(),
 		RelayID:      relayID,
 		Problems:     problems,

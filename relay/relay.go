@@ -62,8 +62,9 @@ type Relay struct {
 
 	metrics  *metrics
 	conns    *conns
-	certs    *certStore     // nil without tls_cert
-	auth     *authenticator // nil without users
+	dkim     map[string]*dkimSigner // by From domain
+	certs    *certStore             // nil without tls_cert
+	auth     *authenticator         // nil without users
 	draining atomic.Bool
 
 	mu        sync.Mutex
@@ -102,6 +103,10 @@ func New(cfg Config, deps Deps) (*Relay, error) {
 		},
 		metrics: newMetrics(deps.Registry),
 		conns:   newConns(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+	}
+	var err error
+	if r.dkim, err = loadDKIMKeys(cfg.DKIM); err != nil {
+		return nil, err
 	}
 	if cfg.TLSCert != "" {
 		certs, err := loadCertStore(cfg.TLSCert, cfg.TLSKey)

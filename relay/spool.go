@@ -265,3 +265,49 @@ func dataError(err error) *smtp.SMTPError {
 	}
 	return errLocal
 }
+
+// copyBuffer holds one finished copy when it must be complete before it is
+// sent (a DKIM signature covers the whole body); like message, it spills to
+// an unlinked file past the memory limit.
+type copyBuffer struct {
+	mem   bytes.Buffer
+	file  *os.File
+	limit int64
+	dir   string
+	size  int64
+}
+
+func (b *copyBuffer) Write(p []byte) (int, error) {
+	b.size += int64(len(p))
+	if b.file != nil {
+		return b.file.Write(p)
+	}
+	if int64(b.mem.Len()+len(p)) <= b.limit {
+		return b.mem.Write(p)
+	}
+	f, err := os.CreateTemp(b.dir, "pixelrelay-copy-*")
+	if err != nil {
+		return 0, err
+	}
+	os.Remove(f.Name())
+	if _, err := f.Write(b.mem.Bytes()); err != nil {
+		f.Close()
+		return 0, err
+	}
+	b.mem = bytes.Buffer{}
+	b.file = f
+	return f.Write(p)
+}
+
+func (b *copyBuffer) Reader() io.Reader {
+	if b.file != nil {
+		return io.NewSectionReader(b.file, 0, b.size)
+	}
+	return bytes.NewReader(b.mem.Bytes())
+}
+
+func (b *copyBuffer) Close() {
+	if b.file != nil {
+		b.file.Close()
+	}
+}
