@@ -102,7 +102,9 @@ func (e *Engine) Rewrite(dst io.Writer, src io.Reader, d Decision) (Report, erro
 	defer e.pool.Put(m)
 	m.begin(dst, src, d)
 	m.w.entity("", true, nil, partCtx{})
-	m.out.Flush()
+	if err := m.out.Flush(); err != nil && m.w.werr == nil {
+		m.w.werr = err
+	}
 	rep := m.report
 	rep.Changed = m.changed
 	err := m.err()

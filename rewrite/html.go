@@ -409,8 +409,7 @@ func (s *htmlScan) ancestorVisibility() int8 {
 		e := &s.stack[i]
 		if e.vis == 0 {
 			e.vis = 1
-			tag := s.view[e.start:e.end]
-			if bytes.Contains(tag, []byte("=")) {
+			if e.end-e.start > len("<a>") {
 				parseAttrs(s.view, e.start, e.end, &s.anc)
 				var b boxStyle
 				if s.anc.style.ok {
