@@ -53,8 +53,8 @@ func TestCorpus(t *testing.T) {
 		"apache-spamassassin/t/data/spam/badmime.txt": {"http://sexmailnetwork.com/count.cgi?queue_id=1024516018.4603"},
 	}
 	keep := map[string][]string{ // legitimate resources that must stay
-		"postal/sparkpost-marketing-email2.eml":       {"https://cdn.perfect-quotes.com/cdn/17806/percentlogo.png"},
-		"apache-spamassassin/t/data/spam/badmime.txt": {"http://www.harder-please.com/lsu/1/spacer.gif"},
+		"postal/sparkpost-marketing-email2.eml":         {"https://cdn.perfect-quotes.com/cdn/17806/percentlogo.png"},
+		"apache-spamassassin/t/data/spam/badmime.txt":   {"http://www.harder-please.com/lsu/1/spacer.gif"},
 		"spamscope-mail-parser/tests/mails/mail_test_5": {"cid:FWMAIL0d11ff4c87dfeab6cd1051bab808f635"},
 	}
 	n := 0
@@ -108,4 +108,3 @@ func TestCorpus(t *testing.T) {
 		t.Fatalf("only %d corpus files found", n)
 	}
 }
-
