@@ -146,6 +146,20 @@ func attrValue(view []byte, a attrSpan) string {
 	return string(v)
 }
 
+// attrLength parses a width or height attribute without allocating.
+func attrLength(view []byte, a attrSpan) (float64, bool) {
+	if !a.ok {
+		return 0, false
+	}
+	v := view[a.vs:a.ve]
+	var buf [16]byte
+	if len(v) > len(buf) || indexByteOr(v, '&') < len(v) {
+		return cssLength(attrValue(view, a))
+	}
+	n := copy(buf[:], v)
+	return cssLength(string(buf[:n]))
+}
+
 // cssLength parses an HTML width/height attribute or a CSS length into
 // whole pixels; ok is false for percentages, auto and units other than px
 // (a zero in any unit is still zero).

@@ -159,18 +159,32 @@ func openPath(host, target string) bool {
 	if strings.Contains(lq, "=open") || strings.Contains(lq, "type=open") || strings.Contains(lq, "event=open") {
 		return true
 	}
-	segs := strings.Split(strings.Trim(path, "/"), "/")
-	for i, seg := range segs {
-		s := lowerASCII(seg)
+	first := ""
+	rest := strings.Trim(path, "/")
+	for i := 0; rest != "" || i == 0; i++ {
+		seg := rest
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			seg, rest = rest[:j], rest[j+1:]
+		} else {
+			rest = ""
+		}
+		if i == 0 {
+			first = seg
+		}
+		s := seg
 		if dot := strings.LastIndexByte(s, '.'); dot > 0 {
 			s = s[:dot]
 		}
+		if len(s) > 8 {
+			continue
+		}
+		s = lowerASCII(s)
 		switch s {
 		case "open", "opened", "openrate", "trk", "track", "tracking", "trace", "pixel", "beacon", "px", "imp", "op", "eo", "oo":
 			return true
 		case "o", "mo":
 			// The generic shape: first segment /o or /mo, or /e/o.
-			if i == 0 || (i == 1 && segs[0] == "e") {
+			if i == 0 || (i == 1 && first == "e") {
 				return true
 			}
 		}
@@ -229,6 +243,7 @@ func opaqueToken(target string) bool {
 type recipientNeedles struct {
 	addrs  []string
 	hashes []string
+	minLen int // length of the shortest address
 }
 
 func newRecipientNeedles(rcpts []string) *recipientNeedles {
@@ -239,6 +254,9 @@ func newRecipientNeedles(rcpts []string) *recipientNeedles {
 			continue
 		}
 		rn.addrs = append(rn.addrs, a)
+		if rn.minLen == 0 || len(a) < rn.minLen {
+			rn.minLen = len(a)
+		}
 		m := md5.Sum([]byte(a))
 		s1 := sha1.Sum([]byte(a))
 		s2 := sha256.Sum256([]byte(a))
@@ -304,40 +322,65 @@ func isB64(c byte) bool {
 }
 
 func (rn *recipientNeedles) scanBase64(s string) bool {
+	// A run shorter than the base64 form of the shortest address cannot
+	// hold it, which rules out nearly every path segment at once.
+	minRun := rn.minLen * 4 / 3
+	if minRun < 8 {
+		minRun = 8
+	}
 	// Split at characters that cannot be base64 ('/' can, but path
-	// separators are far more common than base64 '/', so both readings are
-	// tried: whole runs first, then runs split at '/').
-	for _, splitSlash := range []bool{false, true} {
-		start := -1
-		for i := 0; i <= len(s); i++ {
-			in := i < len(s) && isB64(s[i]) && !(splitSlash && s[i] == '/')
-			if in {
-				if start < 0 {
-					start = i
-				}
-				continue
+	// separators are far more common than base64 '/', so runs holding '/'
+	// are tried whole and split).
+	start := -1
+	slash := false
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) && isB64(s[i]) {
+			if start < 0 {
+				start, slash = i, false
 			}
-			if start >= 0 && i-start >= 8 {
-				if rn.checkB64(s[start:i]) {
-					return true
-				}
-			}
-			start = -1
+			slash = slash || s[i] == '/'
+			continue
 		}
+		if start >= 0 && i-start >= minRun {
+			run := s[start:i]
+			if rn.checkB64(run) {
+				return true
+			}
+			if slash {
+				for _, part := range strings.Split(run, "/") {
+					if len(part) >= minRun && rn.checkB64(part) {
+						return true
+					}
+				}
+			}
+		}
+		start = -1
 	}
 	return false
 }
 
 func (rn *recipientNeedles) checkB64(tok string) bool {
-	t := strings.NewReplacer("+", "-", "/", "_").Replace(tok)
-	t = strings.TrimRight(t, "=")
-	if len(t)%4 == 1 {
-		t = t[:len(t)-1]
+	buf := make([]byte, 0, len(tok))
+	for i := 0; i < len(tok); i++ {
+		switch c := tok[i]; c {
+		case '+':
+			buf = append(buf, '-')
+		case '/':
+			buf = append(buf, '_')
+		case '=':
+		default:
+			buf = append(buf, c)
+		}
 	}
-	b, err := base64.RawURLEncoding.DecodeString(t)
+	if len(buf)%4 == 1 {
+		buf = buf[:len(buf)-1]
+	}
+	b := make([]byte, base64.RawURLEncoding.DecodedLen(len(buf)))
+	n, err := base64.RawURLEncoding.Decode(b, buf)
 	if err != nil {
 		return false
 	}
+	b = b[:n]
 	if rn.containsAddr(lowerASCII(string(b))) {
 		return true
 	}

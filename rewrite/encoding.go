@@ -82,14 +82,21 @@ func qpDecode(enc, dec []byte, lines []qpLine) ([]byte, []qpLine) {
 			ce--
 		}
 		l := qpLine{encStart: ls, encEnd: lineEnd, decStart: len(dec), soft: soft}
-		for j := ls; j < ce; j++ {
-			c := enc[j]
-			if c == '=' && j+2 < ce && isHex(enc[j+1]) && isHex(enc[j+2]) {
+		for j := ls; j < ce; {
+			eq := bytes.IndexByte(enc[j:ce], '=')
+			if eq < 0 {
+				dec = append(dec, enc[j:ce]...)
+				break
+			}
+			dec = append(dec, enc[j:j+eq]...)
+			j += eq
+			if j+2 < ce && isHex(enc[j+1]) && isHex(enc[j+2]) {
 				dec = append(dec, unhex(enc[j+1])<<4|unhex(enc[j+2]))
-				j += 2
+				j += 3
 				continue
 			}
-			dec = append(dec, c)
+			dec = append(dec, '=')
+			j++
 		}
 		if !soft && eol < lineEnd {
 			dec = append(dec, enc[eol:lineEnd]...)

@@ -2,7 +2,6 @@ package rewrite
 
 import (
 	"bytes"
-	"hash/fnv"
 	"strings"
 
 	"golang.org/x/net/html"
@@ -105,6 +104,7 @@ func (s *htmlScan) run(start, end int) {
 	z := html.NewTokenizer(bytes.NewReader(s.view[start:end]))
 	pos := start
 	var rawCtx atom.Atom
+	var nameBuf [32]byte
 	for {
 		tt := z.Next()
 		if tt == html.ErrorToken {
@@ -125,12 +125,12 @@ func (s *htmlScan) run(start, end int) {
 			}
 			rawCtx = 0
 		case html.StartTagToken, html.SelfClosingTagToken:
-			name, _ := z.TagName()
+			name := tagName(s.view[ts+1:te], &nameBuf)
 			a := atom.Lookup(name)
 			s.startTag(a, name, ts, te, tt == html.StartTagToken)
 			rawCtx = a
 		case html.EndTagToken:
-			name, _ := z.TagName()
+			name := tagName(s.view[ts+2:te], &nameBuf)
 			s.endTag(atom.Lookup(name), name, ts, te)
 			rawCtx = 0
 		case html.CommentToken:
@@ -140,6 +140,26 @@ func (s *htmlScan) run(start, end int) {
 			rawCtx = 0
 		}
 	}
+}
+
+// tagName lower-cases the tag name at the start of b (just after "<" or
+// "</") into buf, as the tokenizer reads it. The tokenizer's TagName would
+// allocate a copy per tag. Names longer than buf are cut, which only
+// matters for names no rule knows.
+func tagName(b []byte, buf *[32]byte) []byte {
+	n := 0
+	for n < len(b) && n < len(buf) {
+		c := b[n]
+		if c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\f' || c == '/' || c == '>' {
+			break
+		}
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[n] = c
+		n++
+	}
+	return buf[:n]
 }
 
 // sub re-tokenizes a region the outer tokenizer saw as one token: an Outlook
@@ -183,7 +203,25 @@ func (s *htmlScan) comment(ts, te int) {
 	if !hasPrefixFoldBytes(c, "[if") {
 		return // an ordinary comment: no client renders it
 	}
+	// Re-tokenizing costs a tokenizer; most conditional comments only open
+	// or close Outlook layout tables. The region's elements cannot affect
+	// anything outside it (see sub), so one that names no resource can be
+	// skipped.
+	if !mayFetch(c) {
+		return
+	}
 	s.sub(cs, ce, true)
+}
+
+// mayFetch reports whether markup could hold a resource reference: an
+// attribute or property that loads something, or a style element.
+func mayFetch(b []byte) bool {
+	for _, k := range [...]string{"src", "SRC", "Src", "url(", "URL(", "Url(", "ackground", "ACKGROUND", "<style", "<STYLE", "<link", "<LINK", "data=", "DATA=", "poster", "POSTER"} {
+		if bytes.Contains(b, []byte(k)) {
+			return true
+		}
+	}
+	return false
 }
 
 func isVoid(a atom.Atom) bool {
@@ -199,9 +237,11 @@ func keyOf(a atom.Atom, name []byte) uint32 {
 	if a != 0 {
 		return uint32(a)
 	}
-	h := fnv.New32a()
-	h.Write(name)
-	return h.Sum32() | 1<<31
+	h := uint32(2166136261) // FNV-1a, inline to avoid allocating a hash.Hash
+	for _, c := range name {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return h | 1<<31
 }
 
 func (s *htmlScan) startTag(a atom.Atom, name []byte, ts, te int, open bool) {
@@ -372,8 +412,8 @@ func (s *htmlScan) imageSignals() ref {
 	if at.style.ok {
 		parseBoxStyle(s.view[at.style.vs:at.style.ve], &b)
 	}
-	w, hasW := cssLength(attrValue(s.view, at.width))
-	h, hasH := cssLength(attrValue(s.view, at.height))
+	w, hasW := attrLength(s.view, at.width)
+	h, hasH := attrLength(s.view, at.height)
 	if b.hasW { // CSS beats presentational attributes
 		w, hasW = b.w, true
 	}
