@@ -8,13 +8,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 )
 
 var update = flag.Bool("update", false, "rewrite the .verify golden files of the dialogue tests")
@@ -45,7 +46,7 @@ func TestDialogs(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			h.play(path)
-			got := renderDeliveries(h.up.messages())
+			got := relaytest.Render(h.up.Messages())
 			verify := strings.TrimSuffix(path, ".cmy") + ".verify"
 			if *update {
 				if err := os.WriteFile(verify, got, 0o644); err != nil {
@@ -115,7 +116,7 @@ func (h *harness) play(path string) {
 			h.upstreamDirective(where, strings.Fields(line)[1:])
 		case strings.HasPrefix(line, "expect-upstream "):
 			want, _ := strconv.Atoi(strings.TrimSpace(line[len("expect-upstream "):]))
-			if got := len(h.up.messages()); got != want {
+			if got := len(h.up.Messages()); got != want {
 				t.Fatalf("%s: upstream has %d messages, want %d", where, got, want)
 			}
 		default:
@@ -127,13 +128,13 @@ func (h *harness) play(path string) {
 func (h *harness) upstreamDirective(where string, f []string) {
 	switch f[0] {
 	case "down":
-		h.up.down()
+		h.up.Down()
 		return
 	case "up":
-		h.up.up()
+		h.up.Up()
 		return
 	}
-	ft := fault{phase: f[0]}
+	ft := relaytest.Fault{Phase: f[0]}
 	rest := f[1:]
 	for len(rest) > 0 {
 		k, v, ok := strings.Cut(rest[0], "=")
@@ -142,11 +143,11 @@ func (h *harness) upstreamDirective(where string, f []string) {
 		}
 		switch k {
 		case "rcpt":
-			ft.rcpt = v
+			ft.Rcpt = v
 		case "times":
-			ft.times, _ = strconv.Atoi(v)
+			ft.Times, _ = strconv.Atoi(v)
 		case "delay":
-			ft.delay, _ = time.ParseDuration(v)
+			ft.Delay, _ = time.ParseDuration(v)
 		default:
 			h.t.Fatalf("%s: unknown upstream option %q", where, k)
 		}
@@ -154,17 +155,17 @@ func (h *harness) upstreamDirective(where string, f []string) {
 	}
 	switch {
 	case len(rest) == 1 && rest[0] == "drop":
-		ft.drop = true
+		ft.Drop = true
 	case len(rest) >= 2:
 		code, _ := strconv.Atoi(rest[0])
 		var enh smtp.EnhancedCode
 		fmt.Sscanf(rest[1], "%d.%d.%d", &enh[0], &enh[1], &enh[2])
-		ft.err = &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: strings.Join(rest[2:], " ")}
-	case len(rest) == 0 && ft.delay > 0:
+		ft.Err = &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: strings.Join(rest[2:], " ")}
+	case len(rest) == 0 && ft.Delay > 0:
 	default:
 		h.t.Fatalf("%s: upstream fault needs drop or CODE X.Y.Z TEXT", where)
 	}
-	h.up.inject(ft)
+	h.up.Inject(ft)
 }
 
 // readReply reads one possibly multi-line SMTP reply.
@@ -201,25 +202,6 @@ func dotStuff(msg []byte) []byte {
 	}
 	b.WriteString(".\r\n")
 	return b.Bytes()
-}
-
-var variable = []struct {
-	re   *regexp.Regexp
-	with string
-}{
-	{regexp.MustCompile(`id [0-9a-z]{16};`), "id RELAYID;"},
-	{regexp.MustCompile(`[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}`), "DATE"},
-	{regexp.MustCompile(`pixelrelay-dsn-[0-9a-z]{16}`), "pixelrelay-dsn-BOUNDARY"},
-	{regexp.MustCompile(`<[0-9a-z]{16}\.dsn@`), "<DSNID.dsn@"},
-}
-
-// normaliseVariable masks what changes from run to run (ids, dates) so the
-// rest of the upstream bytes can be compared exactly.
-func normaliseVariable(b []byte) []byte {
-	for _, v := range variable {
-		b = v.re.ReplaceAll(b, []byte(v.with))
-	}
-	return b
 }
 
 func firstDiff(want, got []byte) string {

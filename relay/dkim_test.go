@@ -113,7 +113,7 @@ func TestDKIMRemovedWhenBodyChanged(t *testing.T) {
 	sendRaw(t, h.addr, []string{"alice@example.fr", "bob@example.com"}, msg)
 
 	// bob consented: his copy is the app's bytes, and its signature holds.
-	bob := h.up.messageFor("bob@example.com").Data
+	bob := h.up.MessageFor("bob@example.com").Data
 	if got := verifyAll(t, dns, bob); strings.Join(got, ",") != "acme.example:pass" {
 		t.Errorf("consenting copy: signatures %v, want the app's to pass", got)
 	}
@@ -121,7 +121,7 @@ func TestDKIMRemovedWhenBodyChanged(t *testing.T) {
 		t.Error("consenting copy is not the app's bytes after the Received line")
 	}
 	// alice's copy was rewritten: the broken signature is gone.
-	alice := h.up.messageFor("alice@example.fr").Data
+	alice := h.up.MessageFor("alice@example.fr").Data
 	if bytes.Contains(alice, []byte("DKIM-Signature")) {
 		t.Error("the app's signature, broken by the rewrite, is still on the rewritten copy")
 	}
@@ -134,7 +134,7 @@ func TestDKIMKeepExisting(t *testing.T) {
 	dns := dnsStub{}
 	h := newHarness(t, func(c *Config) { c.DKIMExisting = "keep" })
 	sendRaw(t, h.addr, []string{"alice@example.fr"}, appSigned(t, dns))
-	alice := h.up.messageFor("alice@example.fr").Data
+	alice := h.up.MessageFor("alice@example.fr").Data
 	if got := verifyAll(t, dns, alice); strings.Join(got, ",") != "acme.example:fail" {
 		t.Errorf("with dkim_existing: keep the (now broken) signature should stay: %v", got)
 	}
@@ -162,12 +162,12 @@ func TestDKIMResign(t *testing.T) {
 			msg := appSigned(t, dns)
 			sendRaw(t, h.addr, []string{"alice@example.fr", "bob@example.com"}, msg)
 
-			alice := h.up.messageFor("alice@example.fr").Data
+			alice := h.up.MessageFor("alice@example.fr").Data
 			if got := verifyAll(t, dns, alice); strings.Join(got, ",") != "acme.example:pass" {
 				t.Errorf("rewritten copy: %v, want our signature only, passing", got)
 			}
 			// Unmodified copies are signed too; the app's signature stays.
-			bob := h.up.messageFor("bob@example.com").Data
+			bob := h.up.MessageFor("bob@example.com").Data
 			if got := verifyAll(t, dns, bob); strings.Join(got, ",") != "acme.example:pass,acme.example:pass" {
 				t.Errorf("consenting copy: %v, want ours and the app's, both passing", got)
 			}

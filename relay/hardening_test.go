@@ -294,7 +294,7 @@ func TestSmugglingOverBDAT(t *testing.T) {
 		}
 		c.cmd("QUIT")
 	}
-	if n := len(h.up.messages()); n != 0 {
+	if n := len(h.up.Messages()); n != 0 {
 		t.Fatalf("upstream received %d messages from smuggling attempts", n)
 	}
 }
@@ -338,7 +338,7 @@ func TestLimits(t *testing.T) {
 		if r := c.reply(); !strings.HasPrefix(r, "552 5.3.4") {
 			t.Fatalf("oversized header: %q", r)
 		}
-		if n := len(h.up.messages()); n != 0 {
+		if n := len(h.up.Messages()); n != 0 {
 			t.Fatalf("upstream got %d messages", n)
 		}
 	})
@@ -355,7 +355,7 @@ func TestLimits(t *testing.T) {
 		if !strings.HasPrefix(r, "5") {
 			t.Fatalf("over-long line: %q", r)
 		}
-		if n := len(h.up.messages()); n != 0 {
+		if n := len(h.up.Messages()); n != 0 {
 			t.Fatalf("upstream got %d messages", n)
 		}
 	})
@@ -420,7 +420,7 @@ func TestLimits(t *testing.T) {
 		if !c.closed() {
 			t.Error("a trickling DATA outlived the data timeout")
 		}
-		if n := len(h.up.messages()); n != 0 {
+		if n := len(h.up.Messages()); n != 0 {
 			t.Fatalf("upstream got %d messages", n)
 		}
 	})
@@ -469,7 +469,7 @@ func TestGracefulDrain(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("drain did not finish cleanly: %v", err)
 	}
-	if len(h.up.messages()) != 1 {
+	if len(h.up.Messages()) != 1 {
 		t.Fatal("the message in flight was not delivered")
 	}
 }

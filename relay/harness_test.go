@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pixelrelay/pixelrelay/consent"
+	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
@@ -21,7 +22,7 @@ type harness struct {
 	cfg       Config
 	relay     *Relay
 	store     *consent.Store
-	up        *fakeUpstream
+	up        *relaytest.Upstream
 	audit     *AuditLog
 	auditPath string
 	addr      string
@@ -48,12 +49,12 @@ func (s *syncBuffer) String() string {
 func newHarness(t *testing.T, mutate func(*Config)) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	h := &harness{t: t, up: newFakeUpstream(t), logs: &syncBuffer{}}
+	h := &harness{t: t, up: relaytest.NewUpstream(t), logs: &syncBuffer{}}
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.HTTP = ""
 	cfg.Hostname = "relay.test"
-	cfg.Upstream = "smtp://" + h.up.addr
+	cfg.Upstream = "smtp://" + h.up.Addr()
 	cfg.DB = filepath.Join(dir, "pixelrelay.db")
 	cfg.AuditLog = filepath.Join(dir, "audit.jsonl")
 	cfg.UpstreamConnectTimeout = 2 * time.Second

@@ -1,10 +1,14 @@
-package relay
+// Package relaytest provides a real SMTP server on loopback that stands in
+// for the relay's next hop in tests: it records the exact envelope and bytes
+// of every message it accepts and can be told to fail at any phase.
+package relaytest
 
 import (
 	"bytes"
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -14,22 +18,22 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// fakeUpstream is a real SMTP server on loopback (go-smtp) standing in for
+// Upstream is a real SMTP server on loopback (go-smtp) standing in for
 // the next hop. It records the exact envelope and bytes of every message it
 // accepted, and can be told to fail at any phase, maddy-style.
-type fakeUpstream struct {
-	t    *testing.T
+type Upstream struct {
+	t    testing.TB
 	srv  *smtp.Server
 	ln   net.Listener
 	addr string
 
 	mu     sync.Mutex
-	got    []upstreamMsg
-	faults []fault
+	got    []Message
+	faults []Fault
 	conns  int
 }
 
-type upstreamMsg struct {
+type Message struct {
 	From     string
 	Rcpts    []string
 	MailOpts smtp.MailOptions
@@ -41,18 +45,18 @@ type upstreamMsg struct {
 // rcpt is set, the fault applies only to transactions that include that
 // recipient (for rcpt: only to that recipient). times limits how often it
 // fires (0: always).
-type fault struct {
-	phase string
-	rcpt  string
-	err   *smtp.SMTPError
-	delay time.Duration
-	drop  bool // close the connection instead of replying
-	times int
+type Fault struct {
+	Phase string // mail, rcpt or data
+	Rcpt  string // only transactions that include this recipient
+	Err   *smtp.SMTPError
+	Delay time.Duration
+	Drop  bool // close the connection instead of replying
+	Times int  // how often it fires; 0: always
 }
 
-func newFakeUpstream(t *testing.T) *fakeUpstream {
+func NewUpstream(t testing.TB) *Upstream {
 	t.Helper()
-	u := &fakeUpstream{t: t}
+	u := &Upstream{t: t}
 	u.srv = smtp.NewServer(u)
 	u.srv.Domain = "upstream.test"
 	u.srv.EnableSMTPUTF8 = true
@@ -63,7 +67,7 @@ func newFakeUpstream(t *testing.T) *fakeUpstream {
 	return u
 }
 
-func (u *fakeUpstream) start() {
+func (u *Upstream) start() {
 	addr := "127.0.0.1:0"
 	if u.addr != "" {
 		addr = u.addr
@@ -78,13 +82,23 @@ func (u *fakeUpstream) start() {
 	go srv.Serve(ln)
 }
 
-func (u *fakeUpstream) stop() {
+// Addr is the upstream's host:port.
+func (u *Upstream) Addr() string { return u.addr }
+
+// Conns is how many SMTP sessions the upstream has seen.
+func (u *Upstream) Conns() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.conns
+}
+
+func (u *Upstream) stop() {
 	u.srv.Close()
 }
 
 // down makes the upstream refuse connections (its port stays reserved by
 // nobody; a connect gets RST).
-func (u *fakeUpstream) down() {
+func (u *Upstream) Down() {
 	u.srv.Close()
 	u.srv = smtp.NewServer(u)
 	u.srv.Domain = "upstream.test"
@@ -94,26 +108,26 @@ func (u *fakeUpstream) down() {
 }
 
 // up restarts a downed upstream on the same address.
-func (u *fakeUpstream) up() { u.start() }
+func (u *Upstream) Up() { u.start() }
 
-func (u *fakeUpstream) inject(f fault) {
+func (u *Upstream) Inject(f Fault) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.faults = append(u.faults, f)
 }
 
-func (u *fakeUpstream) messages() []upstreamMsg {
+func (u *Upstream) Messages() []Message {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := append([]upstreamMsg(nil), u.got...)
+	out := append([]Message(nil), u.got...)
 	return out
 }
 
 // messageFor returns the only message delivered to rcpt.
-func (u *fakeUpstream) messageFor(rcpt string) upstreamMsg {
+func (u *Upstream) MessageFor(rcpt string) Message {
 	u.t.Helper()
-	var found []upstreamMsg
-	for _, m := range u.messages() {
+	var found []Message
+	for _, m := range u.Messages() {
 		for _, r := range m.Rcpts {
 			if strings.EqualFold(r, rcpt) {
 				found = append(found, m)
@@ -127,21 +141,21 @@ func (u *fakeUpstream) messageFor(rcpt string) upstreamMsg {
 }
 
 // take returns the fault for this phase and transaction, consuming one use.
-func (u *fakeUpstream) take(phase string, rcpts []string) *fault {
+func (u *Upstream) take(phase string, rcpts []string) *Fault {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for i := range u.faults {
 		f := &u.faults[i]
-		if f.phase != phase || f.times < 0 {
+		if f.Phase != phase || f.Times < 0 {
 			continue
 		}
-		if f.rcpt != "" && !containsFold(rcpts, f.rcpt) {
+		if f.Rcpt != "" && !containsFold(rcpts, f.Rcpt) {
 			continue
 		}
-		if f.times > 0 {
-			f.times--
-			if f.times == 0 {
-				f.times = -1
+		if f.Times > 0 {
+			f.Times--
+			if f.Times == 0 {
+				f.Times = -1
 			}
 		}
 		return f
@@ -158,51 +172,51 @@ func containsFold(list []string, s string) bool {
 	return false
 }
 
-func (u *fakeUpstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
+func (u *Upstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	u.mu.Lock()
 	u.conns++
 	u.mu.Unlock()
-	return &fakeSession{u: u, conn: c}, nil
+	return &session{u: u, conn: c}, nil
 }
 
-type fakeSession struct {
-	u    *fakeUpstream
+type session struct {
+	u    *Upstream
 	conn *smtp.Conn
-	msg  upstreamMsg
+	msg  Message
 }
 
-func (s *fakeSession) apply(f *fault) error {
+func (s *session) apply(f *Fault) error {
 	if f == nil {
 		return nil
 	}
-	if f.delay > 0 {
-		time.Sleep(f.delay)
+	if f.Delay > 0 {
+		time.Sleep(f.Delay)
 	}
-	if f.drop {
+	if f.Drop {
 		s.conn.Conn().Close()
 		return &smtp.SMTPError{Code: 421, Message: "dropped"}
 	}
-	if f.err != nil {
-		return f.err
+	if f.Err != nil {
+		return f.Err
 	}
 	return nil
 }
 
-func (s *fakeSession) Reset()        { s.msg = upstreamMsg{} }
-func (s *fakeSession) Logout() error { return nil }
+func (s *session) Reset()        { s.msg = Message{} }
+func (s *session) Logout() error { return nil }
 
-func (s *fakeSession) Mail(from string, opts *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err := s.apply(s.u.take("mail", nil)); err != nil {
 		return err
 	}
-	s.msg = upstreamMsg{From: from}
+	s.msg = Message{From: from}
 	if opts != nil {
 		s.msg.MailOpts = *opts
 	}
 	return nil
 }
 
-func (s *fakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err := s.apply(s.u.take("rcpt", []string{to})); err != nil {
 		return err
 	}
@@ -215,9 +229,9 @@ func (s *fakeSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	return nil
 }
 
-func (s *fakeSession) Data(r io.Reader) error {
+func (s *session) Data(r io.Reader) error {
 	f := s.u.take("data", s.msg.Rcpts)
-	if f != nil && f.drop {
+	if f != nil && f.Drop {
 		// Read part of the message, then vanish mid-DATA.
 		io.CopyN(io.Discard, r, 100)
 		s.conn.Conn().Close()
@@ -244,8 +258,8 @@ func (discardLogger) Printf(string, ...any) {}
 func (discardLogger) Println(...any)        {}
 
 // render prints deliveries in a stable order for golden comparison.
-func renderDeliveries(msgs []upstreamMsg) []byte {
-	sorted := append([]upstreamMsg(nil), msgs...)
+func Render(msgs []Message) []byte {
+	sorted := append([]Message(nil), msgs...)
 	sort.SliceStable(sorted, func(i, j int) bool {
 		return strings.Join(sorted[i].Rcpts, ",") < strings.Join(sorted[j].Rcpts, ",")
 	})
@@ -255,7 +269,7 @@ func renderDeliveries(msgs []upstreamMsg) []byte {
 		for i, r := range m.Rcpts {
 			fmt.Fprintf(&b, "=== RCPT TO:<%s>%s\n", r, rcptParams(m.RcptOpts[i]))
 		}
-		b.Write(normaliseVariable(m.Data))
+		b.Write(Normalise(m.Data))
 		if !bytes.HasSuffix(m.Data, []byte("\n")) {
 			b.WriteString("\n")
 		}
@@ -299,4 +313,23 @@ func rcptParams(o smtp.RcptOptions) string {
 		return ""
 	}
 	return " " + strings.Join(p, " ")
+}
+
+var variable = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	{regexp.MustCompile(`id [0-9a-z]{16};`), "id RELAYID;"},
+	{regexp.MustCompile(`[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}`), "DATE"},
+	{regexp.MustCompile(`pixelrelay-dsn-[0-9a-z]{16}`), "pixelrelay-dsn-BOUNDARY"},
+	{regexp.MustCompile(`<[0-9a-z]{16}\.dsn@`), "<DSNID.dsn@"},
+}
+
+// Normalise masks what changes from run to run (ids, dates) so the
+// rest of the upstream bytes can be compared exactly.
+func Normalise(b []byte) []byte {
+	for _, v := range variable {
+		b = v.re.ReplaceAll(b, []byte(v.with))
+	}
+	return b
 }
