@@ -76,6 +76,7 @@ type htmlScan struct {
 	anc     tagAttrs
 	inHead  bool
 	bodyEnd int // offset of the first top-level </body>, or -1
+	tokEnd  int // end of the last complete top-level token: an unterminated tag after it is not HTML yet
 	base    string
 	dynamic bool // AMP amp-list/amp-state fetching remote data
 	cond    int  // depth inside Outlook conditional comments
@@ -92,6 +93,7 @@ func (s *htmlScan) reset(view []byte) {
 	s.css = s.css[:0]
 	s.inHead = false
 	s.bodyEnd = -1
+	s.tokEnd = 0
 	s.base = ""
 	s.dynamic = false
 	s.cond = 0
@@ -113,6 +115,9 @@ func (s *htmlScan) run(start, end int) {
 		ts := pos
 		pos += len(z.Raw())
 		te := pos
+		if s.depth == 0 {
+			s.tokEnd = te
+		}
 		switch tt {
 		case html.TextToken:
 			switch rawCtx {

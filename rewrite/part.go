@@ -220,7 +220,15 @@ func (m *msgState) buildEdits(s *htmlScan, beacon []byte) ([]edit, string) {
 	if beacon != nil && !placed && len(edits) > 0 {
 		pos := s.bodyEnd
 		if pos < 0 {
-			pos = len(s.view)
+			// At the end of the HTML, but before its final line break:
+			// in MIME that break belongs to the next boundary delimiter.
+			pos = s.tokEnd
+			if pos > 0 && s.view[pos-1] == '\n' {
+				pos--
+				if pos > 0 && s.view[pos-1] == '\r' {
+					pos--
+				}
+			}
 		}
 		edits = append(edits, edit{start: pos, end: pos, repl: beacon})
 	}
