@@ -76,7 +76,11 @@ type htmlScan struct {
 	anc     tagAttrs
 	inHead  bool
 	bodyEnd int // offset of the first top-level </body>, or -1
-	tokEnd  int // end of the last complete top-level token: an unterminated tag after it is not HTML yet
+	// tokEnd is the last top-level offset where the tokenizer is in its
+	// data state: after a tag that opens no raw-text element, after data
+	// text, after a terminated comment. Text inserted there is markup,
+	// not part of an unterminated tag, comment or <style>.
+	tokEnd int
 	base    string
 	dynamic bool // AMP amp-list/amp-state fetching remote data
 	cond    int  // depth inside Outlook conditional comments
@@ -115,7 +119,7 @@ func (s *htmlScan) run(start, end int) {
 		ts := pos
 		pos += len(z.Raw())
 		te := pos
-		if s.depth == 0 {
+		if s.depth == 0 && dataStateAfter(tt, rawCtx, s.view[ts:te]) {
 			s.tokEnd = te
 		}
 		switch tt {
@@ -145,6 +149,36 @@ func (s *htmlScan) run(start, end int) {
 			rawCtx = 0
 		}
 	}
+}
+
+// dataStateAfter reports whether the tokenizer is back in its data state
+// after a token. rawCtx is the element whose raw text a text token is.
+func dataStateAfter(tt html.TokenType, rawCtx atom.Atom, raw []byte) bool {
+	switch tt {
+	case html.TextToken:
+		return !opensRawText(rawCtx)
+	case html.StartTagToken, html.SelfClosingTagToken:
+		// The caller has not yet seen the name; a raw-text element's start
+		// tag is followed by its raw text, so it is not a safe point.
+		var buf [32]byte
+		return !opensRawText(atom.Lookup(tagName(raw[1:], &buf)))
+	case html.EndTagToken, html.DoctypeToken:
+		return true
+	case html.CommentToken:
+		if bytes.HasPrefix(raw, []byte("<!--")) {
+			return bytes.HasSuffix(raw, []byte("-->")) && len(raw) >= 5 || bytes.HasSuffix(raw, []byte("--!>"))
+		}
+		return bytes.HasSuffix(raw, []byte(">"))
+	}
+	return false
+}
+
+func opensRawText(a atom.Atom) bool {
+	switch a {
+	case atom.Style, atom.Script, atom.Textarea, atom.Title, atom.Xmp, atom.Iframe, atom.Noembed, atom.Noframes, atom.Noscript, atom.Plaintext:
+		return true
+	}
+	return false
 }
 
 // tagName lower-cases the tag name at the start of b (just after "<" or
