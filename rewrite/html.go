@@ -80,7 +80,7 @@ type htmlScan struct {
 	// data state: after a tag that opens no raw-text element, after data
 	// text, after a terminated comment. Text inserted there is markup,
 	// not part of an unterminated tag, comment or <style>.
-	tokEnd int
+	tokEnd  int
 	base    string
 	dynamic bool // AMP amp-list/amp-state fetching remote data
 	cond    int  // depth inside Outlook conditional comments
