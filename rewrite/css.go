@@ -105,6 +105,7 @@ func readCSSURL(css []byte, i int) ([]byte, int) {
 // its ';', at its block's '}', or at the end. ok is false when a '{' comes
 // first (the url was in a selector or prelude, which is not a declaration).
 func declEnd(css []byte, i int) (int, bool) {
+	start := i
 	depth := 0
 	for i < len(css) {
 		switch c := css[i]; {
@@ -129,7 +130,14 @@ func declEnd(css []byte, i int) (int, bool) {
 		}
 		i++
 	}
-	return len(css), true
+	// A declaration cut off by the end of the text ends before trailing
+	// whitespace: in a <style> at the end of a part that is the line
+	// break the MIME delimiter owns.
+	end := len(css)
+	for end > start && isSpace(css[end-1]) {
+		end--
+	}
+	return end, true
 }
 
 func skipCSSComment(css []byte, i int) int {

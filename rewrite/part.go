@@ -232,6 +232,20 @@ func (m *msgState) buildEdits(s *htmlScan, beacon []byte) ([]edit, string) {
 		}
 		edits = append(edits, edit{start: pos, end: pos, repl: beacon})
 	}
+	// No edit may touch the part's final line break: in MIME it belongs to
+	// the next boundary delimiter.
+	limit := len(s.view)
+	if limit > 0 && s.view[limit-1] == '\n' {
+		limit--
+		if limit > 0 && s.view[limit-1] == '\r' {
+			limit--
+		}
+	}
+	for i := range edits {
+		if edits[i].end > limit {
+			edits[i].end = max(limit, edits[i].start)
+		}
+	}
 	slices.SortFunc(edits, func(a, b edit) int {
 		if a.start != b.start {
 			return a.start - b.start
