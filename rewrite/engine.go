@@ -122,6 +122,8 @@ func (e *Engine) isOwn(u string) bool {
 	return false
 }
 
+const maxMatchLen = 4096
+
 // urlAgg gathers what one part says about one URL across its occurrences.
 type urlAgg struct {
 	url          string
@@ -143,6 +145,11 @@ type verdict struct {
 // occurrence can never change the verdict on another.
 func (e *Engine) classify(a *urlAgg, rn *recipientNeedles) (bool, Finding) {
 	host, target := splitURL(a.url)
+	if len(target) > maxMatchLen {
+		// Real tracker URLs are far shorter; a bound keeps glob matching
+		// with several '*' cheap on hostile input.
+		target = target[:maxMatchLen]
+	}
 	var userHit, userAllow, defHit, defAllow bool
 	var userVendor, defVendor string
 	if e.user != nil {

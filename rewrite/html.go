@@ -57,7 +57,7 @@ type srcsetGroup struct {
 type stackEnt struct {
 	key        uint32
 	start, end int
-	vis        int8 // 0 not computed, 1 visible, 2 hidden, 3 hidden in Outlook only
+	inh        int8 // visibility of this element and its ancestors: 0 not computed, 1 visible, 2 hidden, 3 hidden in Outlook only
 	elem       int32
 }
 
@@ -263,6 +263,8 @@ func mayFetch(b []byte) bool {
 	return false
 }
 
+const maxEndTagSearch = 256
+
 func isVoid(a atom.Atom) bool {
 	switch a {
 	case atom.Area, atom.Base, atom.Br, atom.Col, atom.Embed, atom.Hr, atom.Img, atom.Input, atom.Link,
@@ -393,7 +395,9 @@ func fetchingRel(rel string) bool {
 
 func (s *htmlScan) endTag(a atom.Atom, name []byte, ts, te int) {
 	key := keyOf(a, name)
-	for i := len(s.stack) - 1; i >= s.floor; i-- {
+	// A stray end tag is ignored; looking only so far down keeps a flood of
+	// them on a deep stack linear.
+	for i := len(s.stack) - 1; i >= s.floor && i >= len(s.stack)-maxEndTagSearch; i-- {
 		if s.stack[i].key == key {
 			if e := s.stack[i].elem; e >= 0 && s.elems[e].endStart < 0 && !s.elems[e].img {
 				s.elems[e].endStart, s.elems[e].endEnd = ts, te
@@ -481,35 +485,35 @@ func (s *htmlScan) imageSignals() ref {
 }
 
 // ancestorVisibility returns 2 if an open ancestor is hidden, 3 if one is
-// hidden in Outlook only, else 1.
+// hidden in Outlook only, else 1. Each entry caches the answer for itself
+// and its ancestors, so deep nesting costs each element one evaluation.
 func (s *htmlScan) ancestorVisibility() int8 {
-	res := int8(1)
-	for i := len(s.stack) - 1; i >= 0; i-- {
+	i := len(s.stack) - 1
+	for i >= 0 && s.stack[i].inh == 0 {
+		i--
+	}
+	vis := int8(1)
+	if i >= 0 {
+		vis = s.stack[i].inh
+	}
+	for i++; i < len(s.stack); i++ {
 		e := &s.stack[i]
-		if e.vis == 0 {
-			e.vis = 1
-			if e.end-e.start > len("<a>") {
-				parseAttrs(s.view, e.start, e.end, &s.anc)
-				var b boxStyle
-				if s.anc.style.ok {
-					parseBoxStyle(s.view[s.anc.style.vs:s.anc.style.ve], &b)
-				}
-				switch {
-				case b.hidden || s.anc.hidden.ok:
-					e.vis = 2
-				case b.msoHide:
-					e.vis = 3
-				}
+		if vis != 2 {
+			parseAttrs(s.view, e.start, e.end, &s.anc)
+			var b boxStyle
+			if s.anc.style.ok {
+				parseBoxStyle(s.view[s.anc.style.vs:s.anc.style.ve], &b)
+			}
+			switch {
+			case b.hidden || s.anc.hidden.ok:
+				vis = 2
+			case b.msoHide:
+				vis = 3
 			}
 		}
-		switch e.vis {
-		case 2:
-			return 2
-		case 3:
-			res = 3
-		}
+		e.inh = vis
 	}
-	return res
+	return vis
 }
 
 // srcset records each candidate URL of a srcset attribute.
