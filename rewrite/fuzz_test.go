@@ -33,12 +33,12 @@ func nonHTMLLeaves(msg []byte) (leaves []leafPart, ok bool) {
 		// Classify as the walker does (it reads broken Content-Type
 		// fields more leniently than go-message), so that "HTML" means a
 		// part the walker may change.
-		mt, _ := parseContentType(e.Header.Get("Content-Type"))
+		mt, _ := parseContentType(firstNonEmpty(e.Header.Values("Content-Type")))
 		if mt == "" {
 			mt = "text/plain"
 		}
 		html := mt == "text/html" || mt == "text/x-amp-html" || mt == "application/xhtml+xml" || mt == "text/watch-html"
-		if strings.HasPrefix(mt, "multipart/") || html && !isAttachment(e.Header.Get("Content-Disposition")) ||
+		if strings.HasPrefix(mt, "multipart/") || html && !isAttachment(firstNonEmpty(e.Header.Values("Content-Disposition"))) ||
 			mt == "message/rfc822" || mt == "message/global" {
 			return nil
 		}
@@ -50,6 +50,17 @@ func nonHTMLLeaves(msg []byte) (leaves []leafPart, ok bool) {
 		return nil
 	})
 	return leaves, err == nil
+}
+
+// firstNonEmpty picks a field value as parseHeader does when a field is
+// repeated: the first one that is not empty.
+func firstNonEmpty(vs []string) string {
+	for _, v := range vs {
+		if strings.TrimSpace(v) != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // checkInvariants asserts what must hold for any input message.
