@@ -41,6 +41,8 @@ func commands() map[string]command {
 		"report":  {"write a self-contained HTML report from audit logs", reportUsage, runReport},
 		"version": {"print the version", "usage: pixelrelay version", runVersion},
 		"help":    {"show help for a command", "usage: pixelrelay help [COMMAND]", runHelp},
+
+		"healthcheck": {"exit 0 if a running server answers /healthz (for container health checks)", healthcheckUsage, runHealthcheck},
 	}
 }
 
