@@ -52,6 +52,12 @@ func nonHTMLLeaves(msg []byte) (leaves []leafPart, ok bool) {
 	return leaves, err == nil
 }
 
+func mixedEOL(b []byte) bool {
+	crlf := bytes.Contains(b, []byte("\r\n"))
+	bare := bytes.Contains(b, []byte("\n")) && bytes.Count(b, []byte("\n")) != bytes.Count(b, []byte("\r\n"))
+	return crlf && bare
+}
+
 // firstNonEmpty picks a field value as parseHeader does when a field is
 // repeated: the first one that is not empty.
 func firstNonEmpty(vs []string) string {
@@ -93,8 +99,11 @@ func checkInvariants(t *testing.T, e *Engine, in []byte, d Decision) {
 		}
 	}
 	// The output parses wherever the input did, and its non-HTML leaves
-	// are unchanged.
-	if inLeaves, ok := nonHTMLLeaves(in); ok {
+	// are unchanged. go-message locks into CRLF or LF mode at the first
+	// boundary while the walker, like lenient clients, accepts both on
+	// every line, so the two parsers are only compared on messages with
+	// consistent line endings.
+	if inLeaves, ok := nonHTMLLeaves(in); ok && !mixedEOL(in) {
 		outLeaves, ok := nonHTMLLeaves(out)
 		if !ok {
 			t.Fatalf("the input parses but the output does not:\n%q", out)
