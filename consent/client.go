@@ -30,7 +30,7 @@ func NewClient(baseURL, token string) *Client {
 	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
 	switch {
 	case err != nil:
-		c.err = fmt.Errorf("--server %q is not a URL: %v", baseURL, err)
+		c.err = fmt.Errorf("--server %q is not a URL (%v); give one such as http://127.0.0.1:8025", baseURL, err)
 	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
 		c.err = fmt.Errorf("--server %q must be an http:// or https:// URL with a host, such as http://127.0.0.1:8025", baseURL)
 	}

@@ -205,7 +205,7 @@ func (s *Store) prepare(ev Event, now time.Time) (*change, error) {
 	}
 	c.weak = ev.WeakProof
 	if c.state == Granted && c.evidence == "" && c.textVer == "" && c.textSHA == "" && !c.weak {
-		return nil, invalidf("a grant needs proof: give evidence, text_version or text_sha256 (--evidence, --text-version, --text-sha256), or mark it as weak proof (--weak-proof)")
+		return nil, invalidf("a grant needs proof: give evidence, text_version or text_sha256, or mark it weak_proof to record it as weak proof (CLI flags --evidence, --text-version, --text-sha256, --weak-proof)")
 	}
 	var nb [maxAddressLen * 2]byte
 	key, mac, norm, err := s.subjectKey(nil, nb[:], c.tenant, ev.Address, true)
@@ -221,10 +221,10 @@ func (s *Store) prepare(ev Event, now time.Time) (*change, error) {
 type outcome int
 
 const (
-	applied   outcome = iota
-	unchanged         // same state at the same time: a duplicate or a retry
-	stale             // older than the event that set the current state
-	suppressed        // older than the subject's erasure
+	applied    outcome = iota
+	unchanged          // same state at the same time: a duplicate or a retry
+	stale              // older than the event that set the current state
+	suppressed         // older than the subject's erasure
 )
 
 // chainHash is the link of the global chain: SHA-256 over a domain

@@ -76,6 +76,10 @@ type Options struct {
 	ReadOnly bool
 	// Now is the clock; nil means time.Now. Tests pin it.
 	Now func() time.Time
+
+	// smallMap skips the 1 GiB map reservation, so that a test can make
+	// the file outgrow its map (and bbolt remap it) with little data.
+	smallMap bool
 }
 
 // Store is the consent database. It is safe for concurrent use.
@@ -90,6 +94,7 @@ type Store struct {
 	pseudoKey []byte      // nil on a read-only store that has never been written
 	aead      cipher.AEAD // nil likewise
 	macs      sync.Pool   // of hash.Hash keyed with pseudoKey
+	bufs      sync.Pool   // of *keyBuf, so that Lookup does not allocate
 
 	secretsMu sync.Mutex
 	secrets   map[string][]byte
@@ -148,7 +153,7 @@ func Open(path string, opts Options) (*Store, error) {
 		ReadOnly:     opts.ReadOnly,
 		FreelistType: bbolt.FreelistMapType, // the array freelist degrades badly on large files
 	}
-	if runtime.GOOS != "windows" && !opts.ReadOnly {
+	if runtime.GOOS != "windows" && !opts.ReadOnly && !opts.smallMap {
 		// Address space only (the file does not grow); it makes the remaps
 		// that stall readers rare. On Windows it would resize the file.
 		bopts.InitialMmapSize = 1 << 30
@@ -199,10 +204,22 @@ func openBolt(path string, bopts *bbolt.Options) (db *bbolt.DB, err error) {
 }
 
 func corruptErr(path string, cause error) error {
-	return fmt.Errorf("database %s is damaged or is not a pixelrelay database (%v); it was left untouched. "+
-		"Restore your latest backup (made with `pixelrelay consent backup`), or move the file aside to start an empty one: %w",
-		path, cause, ErrCorrupt)
+	return &corruptError{path: path, cause: cause}
 }
+
+// corruptError is an ErrCorrupt that says what to do about it.
+type corruptError struct {
+	path  string
+	cause error
+}
+
+func (e *corruptError) Error() string {
+	return fmt.Sprintf("database %s is damaged or is not a pixelrelay database (%v); it was left untouched. "+
+		"Restore your latest backup (made with `pixelrelay consent backup`), or move the file aside to start an empty one",
+		e.path, e.cause)
+}
+
+func (e *corruptError) Is(target error) bool { return target == ErrCorrupt }
 
 // init checks the file's size and schema, creates the buckets and the
 // store's own secrets, and loads the keys.
@@ -378,6 +395,15 @@ func (s *Store) Pseudonym(addr string) (string, error) {
 	return "hmac-sha256:" + hex.EncodeToString(mac[:]), nil
 }
 
+// keyBuf is Lookup's scratch space. It comes from a pool because the key
+// escapes into bbolt and the digest into hash.Hash: on the stack they
+// would be heap allocations on every call.
+type keyBuf struct {
+	key  [maxTenantLen + 1 + 32]byte
+	norm [maxAddressLen * 2]byte
+	mac  [32]byte
+}
+
 func (s *Store) hmacInto(out *[32]byte, norm []byte) {
 	h := s.macs.Get().(hash.Hash)
 	h.Reset()
@@ -428,6 +454,21 @@ func (s *Store) subjectKey(dst, scratch []byte, tenant, addr string, strict bool
 	dst = append(dst, 0)
 	dst = append(dst, mac[:]...)
 	return dst, mac, norm, nil
+}
+
+// lookupKey is subjectKey for the hot path, inside buf.
+func (s *Store) lookupKey(buf *keyBuf, tenant, addr string) ([]byte, error) {
+	if err := validTenant(tenant); err != nil {
+		return nil, err
+	}
+	norm, err := appendNormalized(buf.norm[:0], addr, s.opts.IgnorePlusTag, false)
+	if err != nil || s.pseudoKey == nil {
+		return nil, err
+	}
+	s.hmacInto(&buf.mac, norm)
+	key := append(buf.key[:0], tenant...)
+	key = append(key, 0)
+	return append(key, buf.mac[:]...), nil
 }
 
 func (s *Store) sealAddress(mac [32]byte, norm []byte) []byte {
@@ -558,9 +599,12 @@ func (s *Store) Lookup(ctx context.Context, tenant, addr, purpose string) (State
 	if !s.purposes[purpose] {
 		return Unknown, s.checkPurpose(purpose)
 	}
-	var kb [maxTenantLen + 1 + 32]byte
-	var nb [maxAddressLen * 2]byte
-	key, _, _, err := s.subjectKey(kb[:0], nb[:], tenant, addr, false)
+	buf, _ := s.bufs.Get().(*keyBuf)
+	if buf == nil {
+		buf = new(keyBuf)
+	}
+	defer s.bufs.Put(buf)
+	key, err := s.lookupKey(buf, tenant, addr)
 	if err != nil || key == nil {
 		return Unknown, err
 	}
