@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -69,7 +70,7 @@ func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, n
 	crlf("the recipients below permanently. It will not be retried for them.")
 	crlf("")
 	for _, rc := range failed {
-		se := upstreamReply(rc.status)
+		se := dsnReply(rc.status)
 		crlf("<%s>: %d %s", rc.addr, se.Code, oneLine(se.Message))
 	}
 	crlf("")
@@ -82,7 +83,7 @@ func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, n
 	}
 	crlf("Arrival-Date: %s", tx.start.Format(time.RFC1123Z))
 	for _, rc := range failed {
-		se := upstreamReply(rc.status)
+		se := dsnReply(rc.status)
 		crlf("")
 		if rc.opts != nil && rc.opts.OriginalRecipient != "" {
 			kind := "rfc822"
@@ -117,4 +118,14 @@ func oneLine(s string) string {
 		}
 		return r
 	}, []byte(s)))
+}
+
+// dsnReply is the next hop's own reply, unprefixed, as RFC 3464's
+// Diagnostic-Code wants it.
+func dsnReply(err error) *smtp.SMTPError {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se
+	}
+	return upstreamReply(err)
 }

@@ -26,6 +26,7 @@ var (
 	// retry will go only to the others (see deliveryLog).
 	errPartial = reply(451, smtp.EnhancedCode{4, 4, 0}, "Delivered to some recipients only; retry and the rest will be delivered without duplicates")
 
+	errDataTimeout   = reply(421, smtp.EnhancedCode{4, 4, 2}, "Timeout reading message data; closing connection")
 	errBadLineEnding = reply(550, smtp.EnhancedCode{5, 5, 2}, "Message refused: bare CR or LF in DATA; lines must end with CRLF")
 	errTooBig        = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message exceeds the maximum size")
 	errHeaderTooBig  = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message header exceeds the maximum size")

@@ -240,6 +240,9 @@ func (s *session) data(r io.Reader) *outcome {
 		s.abortLocked()
 		reply := dataError(err)
 		s.r.metrics.rejectedMessages.WithLabelValues(rejectReason(err)).Inc()
+		if reply.Code == 421 {
+			s.closeAfterReply()
+		}
 		if errors.Is(err, errBareLineEnding) {
 			s.r.log.Warn("refused a message with bare CR or LF (possible SMTP smuggling)", "remote", s.remote.String())
 		} else if reply == errLocal {

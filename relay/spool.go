@@ -7,6 +7,7 @@ import (
 	"errors"
 	"hash"
 	"io"
+	"net"
 	"net/textproto"
 	"os"
 	"sync"
@@ -188,10 +189,17 @@ func longestLine(b []byte, cur, max int) int {
 	return cur
 }
 
+// headKeep is how much of a spilled message stays in memory: enough for
+// the header, which the relay parses, and which a DSN quotes.
+const headKeep = 64 << 10
+
 func (m *message) write(sp *spooler, b []byte, h hash.Hash) error {
 	h.Write(b)
 	m.size += int64(len(b))
 	if m.file != nil {
+		if n := headKeep - len(m.mem); n > 0 {
+			m.mem = append(m.mem, b[:min(n, len(b))]...)
+		}
 		_, err := m.file.Write(b)
 		return err
 	}
@@ -215,10 +223,10 @@ func (m *message) write(sp *spooler, b []byte, h hash.Hash) error {
 		return err
 	}
 	m.file = f
-	// Keep the first bytes in memory: the header is parsed from them.
-	if len(m.mem) > 64<<10 {
-		m.mem = m.mem[:64<<10]
+	if n := headKeep - len(m.mem); n > 0 {
+		m.mem = append(m.mem, b[:min(n, len(b))]...)
 	}
+	m.mem = m.mem[:min(len(m.mem), headKeep)]
 	return nil
 }
 
@@ -262,6 +270,8 @@ func dataError(err error) *smtp.SMTPError {
 		return errHeaderTooBig
 	case errors.Is(err, errLineLength), errors.Is(err, smtp.ErrTooLongLine):
 		return errLineTooLong
+	case isTimeout(err):
+		return errDataTimeout
 	}
 	return errLocal
 }
@@ -310,4 +320,9 @@ func (b *copyBuffer) Close() {
 	if b.file != nil {
 		b.file.Close()
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -265,9 +266,9 @@ func Render(msgs []Message) []byte {
 	})
 	var b bytes.Buffer
 	for _, m := range sorted {
-		fmt.Fprintf(&b, "=== MAIL FROM:<%s>%s\n", m.From, mailParams(m.MailOpts))
+		fmt.Fprintf(&b, "=== MAIL FROM:%s%s\n", path(m.From), mailParams(m.MailOpts))
 		for i, r := range m.Rcpts {
-			fmt.Fprintf(&b, "=== RCPT TO:<%s>%s\n", r, rcptParams(m.RcptOpts[i]))
+			fmt.Fprintf(&b, "=== RCPT TO:%s%s\n", path(r), rcptParams(m.RcptOpts[i]))
 		}
 		b.Write(Normalise(m.Data))
 		if !bytes.HasSuffix(m.Data, []byte("\n")) {
@@ -332,4 +333,14 @@ func Normalise(b []byte) []byte {
 		b = v.re.ReplaceAll(b, []byte(v.with))
 	}
 	return b
+}
+
+// path shows an address as received (go-smtp has unquoted it); one with
+// characters that would be ambiguous in <…> is shown Go-quoted, so that a
+// golden file tells "one odd address" from "an address and a parameter".
+func path(addr string) string {
+	if strings.ContainsAny(addr, " <>\"\\") {
+		return strconv.Quote(addr)
+	}
+	return "<" + addr + ">"
 }
