@@ -149,6 +149,7 @@ type bar struct {
 // shares is one whole split into parts: a stacked bar and its legend.
 type shares struct {
 	Total    string
+	Desc     string
 	Segments []segment
 	Rows     []shareRow
 }
@@ -512,6 +513,11 @@ func buildShares(total int, rows []shareRow, count func(class string) int) share
 		})
 		x += w
 	}
+	var desc []string
+	for _, seg := range sh.Segments {
+		desc = append(desc, seg.Tip)
+	}
+	sh.Desc = strings.Join(desc, "; ")
 	return sh
 }
 

@@ -279,6 +279,9 @@ func TestTolerance(t *testing.T) {
 		{`[1,2,3]`, 0, 0, "is a JSON array"},
 		// recipients of the wrong type.
 		{`{"time":"2026-04-21T08:01:00Z","recipients":"alice@example.org"}`, 0, 0, "recipients is a JSON string"},
+		// A rejected message: counted, but none of its copies as delivered
+		// (checked below).
+		{`{"time":"2026-04-21T08:01:00Z","outcome":"rejected","recipients":[{"consent":"unknown","action":"strip"}],"trackers":[]}`, 1, 0, ""},
 		// An audit record without a time.
 		{`{"recipients":[]}`, 0, 0, `no "time"`},
 		// A scan result, and an unreadable one.
@@ -297,6 +300,9 @@ func TestTolerance(t *testing.T) {
 		c := s.Counts()
 		if c.AuditMessages != tc.records || c.ScanMessages != tc.scans {
 			t.Errorf("%q: %d audit records and %d scan results, want %d and %d", tc.line, c.AuditMessages, c.ScanMessages, tc.records, tc.scans)
+		}
+		if strings.Contains(tc.line, `"rejected"`) && (s.audit.notDelivered != 1 || len(s.audit.copies) != 0) {
+			t.Errorf("%q: a rejected message's copy counted as delivered", tc.line)
 		}
 		switch {
 		case tc.skipReason == "" && c.Skipped != 0:

@@ -185,11 +185,14 @@ func (s *Summary) AddAudit(r *relay.AuditRecord) {
 		countTracker(a.vendors, a.unattributed, a.vectors, a.reasons, t.Vendor, t.Host, t.Vector, t.Reasons, seen)
 	}
 
+	// A message deferred, refused or rejected as a whole reached no one,
+	// whatever its recipients' status fields say.
+	none := r.Outcome == "deferred" || r.Outcome == "refused" || r.Outcome == "rejected"
 	for _, rc := range r.Recipients {
 		// A copy the upstream did not take was not delivered: it is
 		// retried (and logged again) or bounced, so counting it here would
 		// count the same copy twice or a copy nobody received.
-		if rc.Status >= 400 {
+		if none || rc.Status >= 400 {
 			a.notDelivered++
 			continue
 		}
