@@ -159,6 +159,13 @@ func (s *Store) prepare(ev Event, now time.Time) (*change, error) {
 	if c.purpose == "" {
 		c.purpose = PurposeOpenTracking
 	}
+	// The address first: when it is wrong, nothing else about the row matters.
+	var nb [maxAddressLen * 2]byte
+	key, mac, norm, err := s.subjectKey(nil, nb[:], c.tenant, ev.Address, true)
+	if err != nil {
+		return nil, err
+	}
+	c.key, c.mac, c.addr = key, mac, string(norm)
 	if err := s.checkPurpose(c.purpose); err != nil {
 		return nil, err
 	}
@@ -199,7 +206,6 @@ func (s *Store) prepare(ev Event, now time.Time) (*change, error) {
 	if c.actor == "" {
 		return nil, invalidf("actor is required: who records this event (an API token name, cli:USER)")
 	}
-	var err error
 	if c.textSHA, err = normalizeSHA256(ev.TextSHA256); err != nil {
 		return nil, err
 	}
@@ -207,12 +213,6 @@ func (s *Store) prepare(ev Event, now time.Time) (*change, error) {
 	if c.state == Granted && c.evidence == "" && c.textVer == "" && c.textSHA == "" && !c.weak {
 		return nil, invalidf("a grant needs proof: give evidence, text_version or text_sha256, or mark it weak_proof to record it as weak proof (CLI flags --evidence, --text-version, --text-sha256, --weak-proof)")
 	}
-	var nb [maxAddressLen * 2]byte
-	key, mac, norm, err := s.subjectKey(nil, nb[:], c.tenant, ev.Address, true)
-	if err != nil {
-		return nil, err
-	}
-	c.key, c.mac, c.addr = key, mac, string(norm)
 	c.addrCT = s.sealAddress(mac, norm)
 	return c, nil
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -432,7 +433,7 @@ func (s *Store) checkPurpose(p string) error {
 	if s.purposes[p] {
 		return nil
 	}
-	return invalidf("purpose %q is not declared; declared purposes: %v (declare more in the configuration)", p, s.declared)
+	return invalidf("purpose %q is not declared; declared purposes: %s (declare more with serve's purposes setting)", p, strings.Join(s.declared, ", "))
 }
 
 // subjectKey appends tenant ‖ 0x00 ‖ HMAC(normalised address) to dst and
