@@ -195,7 +195,9 @@ func (s *session) Data(r io.Reader) error {
 	defer s.mu.Unlock()
 	s.setDataDeadline()
 	out := s.data(r)
-	if out == nil {
+	if out == nil || out.reply == nil {
+		// A nil *SMTPError in an error interface is not nil, and go-smtp
+		// would dereference it: return a true nil for "250 OK".
 		return nil
 	}
 	return out.reply
@@ -209,7 +211,7 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	s.setDataDeadline()
 	out := s.data(r)
 	if out == nil || out.perRecipient == nil {
-		if out == nil {
+		if out == nil || out.reply == nil {
 			return nil
 		}
 		return out.reply

@@ -28,10 +28,13 @@ type Upstream struct {
 	ln   net.Listener
 	addr string
 
-	mu     sync.Mutex
-	got    []Message
-	faults []Fault
-	conns  int
+	mu sync.Mutex
+	// PlainReplies makes the final reply a bare "250 2.0.0 OK: queued",
+	// with no queue id, as many servers answer.
+	PlainReplies bool
+	got          []Message
+	faults       []Fault
+	conns        int
 }
 
 type Message struct {
@@ -249,7 +252,11 @@ func (s *session) Data(r io.Reader) error {
 	s.u.mu.Lock()
 	s.u.got = append(s.u.got, s.msg)
 	n := len(s.u.got)
+	plain := s.u.PlainReplies
 	s.u.mu.Unlock()
+	if plain {
+		return nil
+	}
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: fmt.Sprintf("Ok: queued as UP%04d", n)}
 }
 
