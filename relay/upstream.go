@@ -248,9 +248,11 @@ func (u *smtpUpstream) get(ctx context.Context) (*upConn, error) {
 			conn.c.Close()
 			continue
 		}
-		// RSET doubles as the health check: a connection the server
-		// closed fails here instead of in the middle of a transaction.
-		if err := conn.c.Reset(); err != nil {
+		// NOOP is the health check: a connection the server closed fails
+		// here instead of in the middle of a transaction. (Not RSET:
+		// go-smtp's client re-sends EHLO after RSET, which strict servers
+		// refuse as a duplicate greeting.)
+		if err := conn.c.Noop(); err != nil {
 			conn.c.Close()
 			continue
 		}
@@ -467,17 +469,18 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 	return Reply{Code: 250, Text: resp.StatusText, QueueID: queueID(resp.StatusText)}, nil
 }
 
+// Abort ends the transaction by retiring its connection. RSET would keep
+// it, but go-smtp's client then re-greets with EHLO, which strict servers
+// answer with 503; aborts are rare (client RSET, partial retries, refused
+// DATA), so a fresh connection next time costs little.
 func (t *smtpTx) Abort() {
 	if t.conn == nil {
 		return
 	}
 	conn := t.conn
 	t.conn = nil
-	if err := conn.c.Reset(); err != nil {
-		conn.c.Close()
-		return
-	}
-	t.up.put(conn)
+	conn.c.Quit()
+	conn.c.Close()
 }
 
 // queueID extracts the upstream's queue id from its final reply, which is
