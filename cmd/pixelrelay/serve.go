@@ -1,10 +1,298 @@
 package main
 
-import "fmt"
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
 
-const serveUsage = "usage: pixelrelay serve (not built yet)"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/bbolt"
+
+	"github.com/pixelrelay/pixelrelay/consent"
+	"github.com/pixelrelay/pixelrelay/relay"
+	"github.com/pixelrelay/pixelrelay/rewrite"
+)
+
+const serveUsage = `usage: pixelrelay serve [FLAGS]
+
+Runs the SMTP relay. Every key below can be given as a flag, as an
+environment variable PIXELRELAY_<KEY> (upper case, _ for -), or in the YAML
+file named by --config (keys with _). A flag beats the environment, which
+beats the file, which beats the default. With no --upstream, mail is
+written to ./outbox/ as .eml files instead of being delivered.
+
+Signals: SIGTERM or SIGINT drain and stop; SIGHUP reloads the config file,
+the tracker rules, the users file and the TLS certificate.
+
+flags:`
 
 func runServe(env *cmdEnv, args []string) int {
-	fmt.Fprintln(env.stderr, "pixelrelay serve: not built yet")
-	return 1
+	loader := &configLoader{getenv: env.getenv}
+	fs := newFlagSet("serve", serveUsage, env.stderr)
+	loader.registerServeFlags(fs)
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return 1
+	}
+	if len(rest) > 0 {
+		fmt.Fprintf(env.stderr, "pixelrelay serve: unexpected argument %q; see pixelrelay help serve\n", rest[0])
+		return 1
+	}
+	cfg, err := loader.load()
+	if err != nil {
+		printConfigErrors(env.stderr, err)
+		return 1
+	}
+	logger := newLogger(env.stderr, cfg.LogFormat, cfg.LogLevel)
+	if err := serve(loader, cfg, logger); err != nil {
+		logger.Error("pixelrelay stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func printConfigErrors(w io.Writer, err error) {
+	fmt.Fprintln(w, "pixelrelay serve: invalid configuration:")
+	for _, line := range strings.Split(err.Error(), "\n") {
+		fmt.Fprintf(w, "  - %s\n", line)
+	}
+}
+
+func newLogger(w io.Writer, format, level string) *slog.Logger {
+	var lv slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		lv = slog.LevelDebug
+	case "warn", "warning":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	default:
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// swappableRewriter lets SIGHUP replace the rules under running sessions:
+// each message uses whichever engine was current when it started.
+type swappableRewriter struct {
+	cur atomic.Pointer[rewrite.Engine]
+}
+
+func (s *swappableRewriter) Rewrite(dst io.Writer, src io.Reader, d rewrite.Decision) (rewrite.Report, error) {
+	return s.cur.Load().Rewrite(dst, src, d)
+}
+func (s *swappableRewriter) RulesVersion() string { return s.cur.Load().RulesVersion() }
+
+// newEngine builds the rewrite engine from the config's rules file.
+func newEngine(cfg relay.Config) (*rewrite.Engine, error) {
+	opts := rewrite.Options{}
+	if cfg.BeaconBase != "" {
+		opts.OwnURLPrefixes = []string{strings.TrimSuffix(cfg.BeaconBase, "/") + "/b/"}
+	}
+	if cfg.Rules != "" {
+		f, err := os.Open(cfg.Rules)
+		if err != nil {
+			return nil, fmt.Errorf("rules: %w", err)
+		}
+		defer f.Close()
+		if opts.Rules, err = rewrite.ParseRules(f, cfg.Rules); err != nil {
+			return nil, fmt.Errorf("rules: %w", err)
+		}
+	}
+	return rewrite.New(opts)
+}
+
+func serve(loader *configLoader, cfg relay.Config, log *slog.Logger) error {
+	log.Info("pixelrelay starting", append([]any{"version", version}, describeConfig(cfg)...)...)
+
+	store, err := consent.Open(cfg.DB, consent.Options{Purposes: cfg.Purposes, IgnorePlusTag: cfg.IgnorePlusTag, LockTimeout: 200 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	engine, err := newEngine(cfg)
+	if err != nil {
+		return err
+	}
+	rewriter := &swappableRewriter{}
+	rewriter.cur.Store(engine)
+
+	upstream, err := relay.NewUpstream(cfg)
+	if err != nil {
+		return err
+	}
+	defer upstream.Close()
+	if cfg.Upstream == "" {
+		log.Warn("NO UPSTREAM CONFIGURED: mail is written to the outbox directory and NOT delivered; set --upstream smtp://host:port to relay for real",
+			"outbox", cfg.Outbox)
+	}
+
+	audit, err := relay.OpenAuditLog(cfg.AuditLog)
+	if err != nil {
+		return err
+	}
+	defer audit.Close()
+	retry, err := relay.NewRetryMemory(store.DB(), cfg.RetryMemory)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pixelrelay_db_size_bytes", Help: "Size of the bbolt database file.",
+	}, func() float64 {
+		if st, err := os.Stat(cfg.DB); err == nil {
+			return float64(st.Size())
+		}
+		return 0
+	}))
+
+	rl, err := relay.New(cfg, relay.Deps{
+		Consent: store, Rewriter: rewriter, Upstream: upstream, Audit: audit,
+		RetryMemory: retry, Logger: log, Version: version, Registry: reg,
+	})
+	if err != nil {
+		return err
+	}
+	if err := rl.Start(); err != nil {
+		return err
+	}
+
+	var admin *http.Server
+	if cfg.HTTP != "" {
+		ln, err := net.Listen("tcp", cfg.HTTP)
+		if err != nil {
+			rl.Close()
+			return fmt.Errorf("http: listen on %s: %w", cfg.HTTP, err)
+		}
+		admin = &http.Server{Handler: adminMux(cfg, store, rl, reg, log), ReadHeaderTimeout: 10 * time.Second}
+		go admin.Serve(ln)
+		log.Info("admin API listening", "addr", ln.Addr().String())
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			reload(loader, cfg, rl, rewriter, log)
+			continue
+		}
+		log.Info("draining", "signal", sig.String(), "deadline", cfg.DrainTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		err := rl.Shutdown(ctx)
+		cancel()
+		if admin != nil {
+			hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			admin.Shutdown(hctx)
+			hcancel()
+		}
+		if err != nil {
+			log.Warn("drain deadline passed; sessions still in a transaction were closed", "err", err)
+		}
+		log.Info("pixelrelay stopped")
+		return nil
+	}
+	return nil
+}
+
+// reload applies SIGHUP: a configuration with any problem is rejected as a
+// whole (every problem logged) and the running one stays in force.
+func reload(loader *configLoader, running relay.Config, rl *relay.Relay, rw *swappableRewriter, log *slog.Logger) {
+	cfg, err := loader.load()
+	if err != nil {
+		log.Error("SIGHUP: new configuration rejected; the running one stays in force", "problems", strings.Split(err.Error(), "\n"))
+		return
+	}
+	engine, err := newEngine(cfg)
+	if err != nil {
+		log.Error("SIGHUP: tracker rules rejected; the running ones stay in force", "err", err)
+		return
+	}
+	if err := rl.Reload(); err != nil {
+		log.Error("SIGHUP: TLS certificate or users file rejected; the running ones stay in force", "err", err)
+		return
+	}
+	rw.cur.Store(engine)
+	log.Info("SIGHUP: reloaded tracker rules, users and TLS certificate", "rules_version", engine.RulesVersion())
+}
+
+// adminMux is the loopback admin API: health without a token, everything
+// else behind the bearer token.
+func adminMux(cfg relay.Config, store *consent.Store, rl *relay.Relay, reg *prometheus.Registry, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), cfg.UpstreamConnectTimeout)
+		defer cancel()
+		var problems []string
+		if err := store.DB().View(func(*bbolt.Tx) error { return nil }); err != nil {
+			problems = append(problems, "database: "+err.Error())
+		}
+		if err := rl.Ready(ctx); err != nil {
+			problems = append(problems, err.Error())
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if len(problems) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, strings.Join(problems, "\n")+"\n")
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	if cfg.APIToken == "" {
+		log.Warn("admin API disabled: no --api-token (or PIXELRELAY_API_TOKEN); consent, metrics and backup endpoints answer 404")
+		return mux
+	}
+	auth := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !bearerOK(r, cfg.APIToken) {
+				w.Header().Set("Content-Type", "application/json")
+				w.Header().Set("WWW-Authenticate", `Bearer realm="pixelrelay"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				io.WriteString(w, `{"error": "missing or wrong bearer token"}`+"\n")
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
+	api := consent.NewHandler(store, consent.HandlerOptions{Tokens: consent.SingleToken(cfg.APIToken), Logger: log})
+	for _, p := range consent.Routes() {
+		mux.Handle(p, api)
+	}
+	return mux
+}
+
+// bearerOK compares the request's bearer token in constant time.
+func bearerOK(r *http.Request, token string) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	a, b := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/pixelrelay/pixelrelay/relay/relaytest"
+)
+
+const newsletter = "../../testdata/messages/newsletter.eml"
+const trackerURL = "acme.us14.list-manage.com/track/open.php"
+
+// smtplibSend sends a message file with python's smtplib, the client most
+// scripts and many apps use. Arguments: host port mode(plain|starttls|ssl)
+// user password sender rcpt,rcpt file. It prints refused recipients, or
+// the SMTP error code it got.
+const smtplibSend = `
+import smtplib, ssl, sys
+host, port, mode, user, pw, sender, rcpts, path = sys.argv[1:9]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+# SMTP wants CRLF; smtplib sends a bytes message's line endings as they are.
+msg = open(path, "rb").read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+try:
+    if mode == "ssl":
+        s = smtplib.SMTP_SSL(host, int(port), timeout=20, context=ctx)
+    else:
+        s = smtplib.SMTP(host, int(port), timeout=20)
+    s.ehlo("app.example")
+    if mode == "starttls":
+        s.starttls(context=ctx)
+        s.ehlo("app.example")
+    if user:
+        s.login(user, pw)
+    refused = s.sendmail(sender, rcpts.split(","), msg)
+    s.quit()
+    print("ok", sorted(refused.items()))
+except smtplib.SMTPRecipientsRefused as e:
+    print("refused", sorted((r, c) for r, (c, m) in e.recipients.items()))
+except smtplib.SMTPResponseException as e:
+    print("code", e.smtp_code, e.smtp_error.decode(errors="replace"))
+`
+
+func send(t *testing.T, port int, mode, user, pass string, rcpts []string, file string) string {
+	t.Helper()
+	return strings.TrimSpace(python(t, smtplibSend, "127.0.0.1", strconv.Itoa(port), mode, user, pass,
+		"news@acme.example", strings.Join(rcpts, ","), file))
+}
+
+func TestE2ESplitWithdrawAndAudit(t *testing.T) {
+	up := relaytest.NewUpstream(t)
+	s := startServe(t, "--upstream", "smtp://"+up.Addr())
+	s.consent("bob@example.com", "granted")
+
+	if out := send(t, s.smtp, "plain", "", "", []string{"alice@example.fr", "bob@example.com"}, newsletter); out != "ok []" {
+		t.Fatalf("smtplib: %s", out)
+	}
+	orig, _ := os.ReadFile(newsletter)
+	orig = bytes.ReplaceAll(orig, []byte("\n"), []byte("\r\n"))
+	bob := up.MessageFor("bob@example.com").Data
+	if _, rest, ok := bytes.Cut(bob, []byte("\r\nFrom: ")); !ok || !bytes.Equal(append([]byte("From: "), rest...), orig) {
+		t.Error("the consenting recipient's copy is not the client's bytes after the Received line")
+	}
+	if bytes.Count(bob, []byte("Received:")) != 1 {
+		t.Error("want exactly one Received: line added")
+	}
+	alice := up.MessageFor("alice@example.fr").Data
+	if bytes.Contains(qpDecoded(alice), []byte(trackerURL)) {
+		t.Error("the non-consenting recipient got the tracking pixel")
+	}
+	if !bytes.Contains(qpDecoded(alice), []byte("cdn.acme.example/img/logo.png")) {
+		t.Error("the logo was removed along with the pixel")
+	}
+
+	// Withdrawal takes effect for the next message.
+	s.consent("bob@example.com", "withdrawn")
+	if out := send(t, s.smtp, "plain", "", "", []string{"bob@example.com"}, newsletter); out != "ok []" {
+		t.Fatalf("smtplib: %s", out)
+	}
+	msgs := up.Messages()
+	if last := msgs[len(msgs)-1]; bytes.Contains(qpDecoded(last.Data), []byte(trackerURL)) {
+		t.Error("after withdrawal bob still got the pixel")
+	}
+
+	// The audit log: one record per message, pseudonymised, chained.
+	recs := s.auditRecords()
+	if len(recs) != 2 {
+		t.Fatalf("audit has %d records, want 2", len(recs))
+	}
+	audit, _ := os.ReadFile(s.audit)
+	for _, addr := range []string{"alice@example.fr", "bob@example.com"} {
+		if bytes.Contains(audit, []byte(addr)) {
+			t.Errorf("audit log holds the plaintext address %s", addr)
+		}
+		if strings.Contains(s.out.String(), addr) {
+			t.Errorf("operational log holds the plaintext address %s", addr)
+		}
+	}
+	first := recs[0]["recipients"].([]any)
+	for _, r := range first {
+		rm := r.(map[string]any)
+		if !strings.HasPrefix(rm["pseudonym"].(string), "hmac-sha256:") {
+			t.Errorf("recipient pseudonym %v", rm["pseudonym"])
+		}
+	}
+	if code, out := runCLI(t, nil, "audit", "verify", s.audit); code != 0 {
+		t.Fatalf("audit verify on an intact log: %d %s", code, out)
+	}
+	lines := bytes.SplitAfter(audit, []byte("\n"))
+	cut := filepath.Join(t.TempDir(), "cut.jsonl")
+	os.WriteFile(cut, bytes.Join(lines[1:], nil), 0o600)
+	if code, out := runCLI(t, nil, "audit", "verify", cut); code != 1 || !strings.Contains(out, "line 1") {
+		t.Fatalf("audit verify after removing a line: exit %d, %s", code, out)
+	}
+}
+
+func TestE2EUpstreamDownIs4xx(t *testing.T) {
+	up := relaytest.NewUpstream(t)
+	s := startServe(t, "--upstream", "smtp://"+up.Addr(), "--upstream-connect-timeout", "2s")
+	up.Down()
+	out := send(t, s.smtp, "plain", "", "", []string{"alice@example.fr"}, newsletter)
+	if !strings.HasPrefix(out, "refused [('alice@example.fr', 451)]") {
+		t.Fatalf("upstream down: %s, want 451 for the recipient", out)
+	}
+}
+
+func TestE2ESTARTTLSAuthClients(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t, dir)
+	users := filepath.Join(dir, "users")
+	hash, _ := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	os.WriteFile(users, []byte("app "+string(hash)+" @acme.example\n"), 0o600)
+	up := relaytest.NewUpstream(t)
+	tlsPort := loopbackPort(t)
+	s := startServe(t, "--upstream", "smtp://"+up.Addr(), "--tls-cert", cert, "--tls-key", key,
+		"--users", users, "--allow-net", "192.0.2.0/24", "--listen-tls", fmt.Sprintf("127.0.0.1:%d", tlsPort))
+
+	// Without AUTH, loopback is not trusted here: 530.
+	if out := send(t, s.smtp, "starttls", "", "", []string{"alice@example.fr"}, newsletter); !strings.HasPrefix(out, "code 530") {
+		t.Errorf("unauthenticated: %s, want 530", out)
+	}
+	if out := send(t, s.smtp, "starttls", "app", "wrong", []string{"alice@example.fr"}, newsletter); !strings.HasPrefix(out, "code 535") {
+		t.Errorf("wrong password: %s, want 535", out)
+	}
+	if out := send(t, s.smtp, "starttls", "app", "s3cret", []string{"alice@example.fr"}, newsletter); out != "ok []" {
+		t.Errorf("STARTTLS + AUTH: %s", out)
+	}
+	if out := send(t, tlsPort, "ssl", "app", "s3cret", []string{"carol@example.org"}, newsletter); out != "ok []" {
+		t.Errorf("implicit TLS + AUTH: %s", out)
+	}
+
+	swaks := needTool(t, "swaks", "apt-get install -y swaks")
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"starttls-login", []string{"--port", strconv.Itoa(s.smtp), "--tls", "--auth", "LOGIN"}},
+		{"implicit-plain", []string{"--port", strconv.Itoa(tlsPort), "--tls-on-connect", "--auth", "PLAIN"}},
+	} {
+		out, err := exec.Command(swaks, append([]string{"--server", "127.0.0.1", "--auth-user", "app", "--auth-password", "s3cret",
+			"--from", "news@acme.example", "--to", "dave-" + tc.name + "@example.org", "--data", newsletter,
+			"--timeout", "20"}, tc.args...)...).CombinedOutput()
+		if err != nil {
+			t.Errorf("swaks %s: %v\n%s", tc.name, err, out)
+		}
+	}
+	delivered := map[string]bool{}
+	for _, m := range up.Messages() {
+		for _, r := range m.Rcpts {
+			delivered[r] = true
+		}
+	}
+	for _, r := range []string{"alice@example.fr", "carol@example.org", "dave-starttls-login@example.org", "dave-implicit-plain@example.org"} {
+		if !delivered[r] {
+			t.Errorf("%s not delivered upstream", r)
+		}
+	}
+}
+
+func TestE2EOutboxWhenNoUpstream(t *testing.T) {
+	s := startServe(t)
+	if !strings.Contains(s.out.String(), "outbox") {
+		t.Errorf("no loud warning about the outbox at startup:\n%s", s.out.String())
+	}
+	if out := send(t, s.smtp, "plain", "", "", []string{"alice@example.fr"}, newsletter); out != "ok []" {
+		t.Fatalf("smtplib: %s", out)
+	}
+	files, _ := filepath.Glob(filepath.Join(s.dir, "outbox", "*.eml"))
+	if len(files) != 1 {
+		t.Fatalf("outbox has %d .eml files, want 1", len(files))
+	}
+	data, _ := os.ReadFile(files[0])
+	if !bytes.HasPrefix(data, []byte("Received: ")) || bytes.Contains(qpDecoded(data), []byte(trackerURL)) {
+		t.Error("the outbox copy is not the stripped message with its Received line")
+	}
+}
+
+func TestE2EInvalidConfigReportsEverything(t *testing.T) {
+	code, out := runCLI(t, nil, "serve", "--listen", "nope", "--action", "delete", "--max-recipients", "0", "--db", filepath.Join(t.TempDir(), "x.db"))
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	for _, key := range []string{"listen:", "action:", "max_recipients:"} {
+		if !strings.Contains(out, key) {
+			t.Errorf("the error output does not name %s:\n%s", key, out)
+		}
+	}
+}
+
+func TestE2EDatabaseHeldByServe(t *testing.T) {
+	s := startServe(t)
+	start := time.Now()
+	code, out := runCLI(t, nil, "consent", "show", "bob@example.com", "--db", s.db)
+	if code != 1 {
+		t.Fatalf("consent show on a held database: exit %d, %s", code, out)
+	}
+	want := fmt.Sprintf("database %s is in use by a running pixelrelay; use --server URL", s.db)
+	if !strings.Contains(out, want) {
+		t.Errorf("message %q, want %q", out, want)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v: it must fail at once, not wait for the lock", d)
+	}
+	// Through the server it works.
+	code, out = runCLI(t, []string{"PIXELRELAY_API_TOKEN=" + s.token}, "consent", "show", "bob@example.com", "--json",
+		"--server", fmt.Sprintf("http://127.0.0.1:%d", s.http))
+	if code != 0 || !strings.Contains(out, `"states"`) {
+		t.Errorf("consent show --server: exit %d, %s", code, out)
+	}
+}
+
+// qpDecoded undoes quoted-printable soft breaks and =3D so that a URL can
+// be searched for in a QP-encoded copy.
+func qpDecoded(b []byte) []byte {
+	b = bytes.ReplaceAll(b, []byte("=\r\n"), nil)
+	return bytes.ReplaceAll(b, []byte("=3D"), []byte("="))
+}
+
+func selfSigned(t *testing.T, dir string) (string, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay.test"},
+		DNSNames: []string{"relay.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	cert, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return cert, keyFile
+}
