@@ -2,13 +2,16 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"time"
 
+	"github.com/pixelrelay/pixelrelay/consent"
 	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
@@ -20,8 +23,10 @@ open-tracking pixels stripped (--action strip, the default) or untouched
 (--action keep, for a dry run with --report). Headers, attachments and every
 part without a tracker are copied byte for byte; LF input gives LF output.
 
---action beacon and --action auto need the consent store (--db or --server);
-they are accepted by the parser but not available in this build yet.
+--action auto looks the single --recipient's open_tracking consent up in the
+store (--db FILE, or --server URL with PIXELRELAY_API_TOKEN) and keeps the
+trackers only for an explicit grant; any lookup failure strips. This is
+Postfix pipe mode (see docs/postfix.md).
 
 exit codes: 0 done (also when nothing changed or malformed MIME was passed
 through), 1 usage or configuration error, 2 the input could not be read or
@@ -34,13 +39,12 @@ func runRewrite(env *cmdEnv, args []string) int {
 	action := fs.String("action", "strip", "what to do with trackers: strip or keep (beacon and auto need --db or --server)")
 	var rcpts stringList
 	fs.Var(&rcpts, "recipient", "the recipient's address, which enables the recipient-identifier signal (repeatable)")
-	fs.String("tenant", "default", "consent tenant (used with --action auto)")
+	tenant := fs.String("tenant", "default", "consent tenant (used with --action auto)")
 	reportPath := fs.String("report", "", "write the findings as one JSON object to FILE (- for stderr)")
 	rulesPath := fs.String("rules", "", "extra tracker rules file, layered over the built-in rules")
 	beaconBase := fs.String("beacon-base", "", "base URL of the delivery-only beacon (with --action beacon)")
 	fs.String("campaign", "", "campaign name for beacons")
-	db := fs.String("db", "", "consent database file (with --action auto or beacon)")
-	server := fs.String("server", "", "URL of a running pixelrelay's admin API, instead of --db")
+	store := addStoreFlags(fs)
 	pos, err := parseInterspersed(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -58,14 +62,23 @@ func runRewrite(env *cmdEnv, args []string) int {
 		act = rewrite.Strip
 	case "keep":
 		act = rewrite.Keep
-	case "beacon", "auto":
+	case "auto":
+		if len(rcpts) != 1 {
+			fmt.Fprintln(env.stderr, "pixelrelay rewrite: --action auto needs exactly one --recipient (one recipient per run, as Postfix's pipe delivers with _destination_recipient_limit = 1)")
+			return 1
+		}
+		target, err := store.resolve(env)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", err)
+			return 1
+		}
+		act = autoAction(env, target, *tenant, rcpts[0])
+	case "beacon":
 		need := "--db or --server"
-		if *action == "beacon" && *beaconBase == "" {
+		if *beaconBase == "" {
 			need += " and --beacon-base"
 		}
-		fmt.Fprintf(env.stderr, "pixelrelay rewrite: --action %s needs %s (the consent store), which this build does not wire up yet; use --action strip or keep\n", *action, need)
-		_ = db
-		_ = server
+		fmt.Fprintf(env.stderr, "pixelrelay rewrite: --action beacon needs %s\n", need)
 		return 1
 	default:
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: unknown --action %q; want strip, keep, beacon or auto\n", *action)
@@ -169,4 +182,34 @@ type messageRecord struct {
 	Changed      *bool             `json:"changed,omitempty"`
 	DroppedParts []string          `json:"dropped_parts,omitempty"`
 	RulesVersion string            `json:"rules_version,omitempty"`
+}
+
+// autoAction is the per-recipient decision of pipe mode: keep the trackers
+// only for an explicit grant. Any failure to look the consent up strips
+// (fail closed) and the message still goes out, so a pipe delivery never
+// fails for it; the reason is on stderr, which Postfix logs.
+func autoAction(env *cmdEnv, target storeTarget, tenant, rcpt string) rewrite.Action {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var (
+		st  consent.State
+		err error
+	)
+	if target.Remote() {
+		st, err = target.Client().Lookup(ctx, tenant, rcpt, consent.PurposeOpenTracking)
+	} else {
+		var s *consent.Store
+		if s, err = openStore(env, target, true); err == nil {
+			st, err = s.Lookup(ctx, tenant, rcpt, consent.PurposeOpenTracking)
+			s.Close()
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(env.stderr, "pixelrelay rewrite: consent lookup failed, stripping (fail closed): %v\n", err)
+		return rewrite.Strip
+	}
+	if st == consent.Granted {
+		return rewrite.Keep
+	}
+	return rewrite.Strip
 }
