@@ -182,8 +182,10 @@ func appendDomain(dst []byte, addr, domain string, strict bool) ([]byte, error) 
 		}
 	}
 	if ascii {
-		if strings.HasPrefix(domain, "xn--") || strings.HasPrefix(domain, "XN--") || strings.Contains(domain, ".xn--") || strings.Contains(domain, ".XN--") {
-			punycode = true
+		for label := range strings.SplitSeq(domain, ".") {
+			if len(label) >= 4 && strings.EqualFold(label[:4], "xn--") {
+				punycode = true
+			}
 		}
 	}
 	if ascii && !(punycode && strict) {
@@ -199,6 +201,9 @@ func appendDomain(dst []byte, addr, domain string, strict bool) ([]byte, error) 
 			return dst[:start], err
 		}
 		return dst, nil
+	}
+	if !utf8.ValidString(domain) {
+		return dst, invalidf("%q: the domain is not valid UTF-8", addr)
 	}
 	a, err := idna.Lookup.ToASCII(domain)
 	if err != nil {

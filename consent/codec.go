@@ -64,7 +64,9 @@ func (d *decoder) raw(n int) []byte {
 
 func (d *decoder) uvarint() uint64 {
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
+	// n > 1 with a zero last byte is a padded, non-canonical encoding: the
+	// bytes are hashed, so exactly one encoding may be valid.
+	if n <= 0 || n > 1 && d.b[n-1] == 0 {
 		d.fail()
 		return 0
 	}
@@ -74,7 +76,7 @@ func (d *decoder) uvarint() uint64 {
 
 func (d *decoder) varint() int64 {
 	v, n := binary.Varint(d.b)
-	if n <= 0 {
+	if n <= 0 || n > 1 && d.b[n-1] == 0 {
 		d.fail()
 		return 0
 	}
@@ -93,6 +95,26 @@ func (d *decoder) bytesv() []byte {
 }
 
 func (d *decoder) str() string { return string(d.bytesv()) }
+
+var errBadByte = errors.New("invalid state or flag byte")
+
+// state reads a state byte; anything but 0 to 3 is damage.
+func (d *decoder) state() State {
+	c := d.byte1()
+	if c > 3 && d.err == nil {
+		d.err = errBadByte
+	}
+	return byteState(c)
+}
+
+// flag reads a 0/1 byte.
+func (d *decoder) flag() bool {
+	c := d.byte1()
+	if c > 1 && d.err == nil {
+		d.err = errBadByte
+	}
+	return c == 1
+}
 
 // subject is the projection for one (tenant, subject): the encrypted
 // address, the current state per purpose, and the sequence numbers of its
@@ -146,7 +168,7 @@ func decodeSubject(v []byte) (subject, error) {
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		var p purposeState
 		p.purpose = d.str()
-		p.state = byteState(d.byte1())
+		p.state = d.state()
 		p.since = d.varint()
 		p.seq = d.uvarint()
 		s.purposes = append(s.purposes, p)
@@ -307,8 +329,8 @@ func decodeEvent(seq uint64, v []byte) (storedEvent, error) {
 		ev.tenant = d.str()
 		copy(ev.subject[:], d.raw(32))
 		ev.purpose = d.str()
-		ev.state = byteState(d.byte1())
-		ev.previous = byteState(d.byte1())
+		ev.state = d.state()
+		ev.previous = d.state()
 		ev.occurred = d.varint()
 		ev.recorded = d.varint()
 		ev.method = d.str()
@@ -317,7 +339,7 @@ func decodeEvent(seq uint64, v []byte) (storedEvent, error) {
 		ev.textSHA = d.str()
 		ev.evidence = d.str()
 		ev.actor = d.str()
-		ev.weak = d.byte1() == 1
+		ev.weak = d.flag()
 	case kindErasure:
 		if d.byte1() != eventVersion && d.err == nil {
 			return ev, errors.New("erasure event has an unknown version")
