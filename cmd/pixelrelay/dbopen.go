@@ -59,6 +59,11 @@ type storeTarget struct {
 	Server string
 	Token  string
 	Opts   consent.Options
+	// Named is set when the database was named (--db, --server,
+	// PIXELRELAY_DB, PIXELRELAY_SERVER or the config file's db) rather
+	// than left at ./pixelrelay.db; a command for which the store is
+	// optional can use it to tell "use the store" from "no store".
+	Named bool
 }
 
 // storeConfig is the part of serve's YAML configuration the store needs.
@@ -93,17 +98,17 @@ func (f *storeFlags) resolve(env *cmdEnv) (storeTarget, error) {
 		}
 	}
 
-	t := storeTarget{Path: f.db, Server: f.server}
+	t := storeTarget{Path: f.db, Server: f.server, Named: set["db"] || set["server"]}
 	if !set["db"] {
 		switch {
 		case env.getenv("PIXELRELAY_DB") != "":
-			t.Path = env.getenv("PIXELRELAY_DB")
+			t.Path, t.Named = env.getenv("PIXELRELAY_DB"), true
 		case cfg.DB != "":
-			t.Path = cfg.DB
+			t.Path, t.Named = cfg.DB, true
 		}
 	}
-	if !set["server"] && !set["db"] {
-		t.Server = env.getenv("PIXELRELAY_SERVER")
+	if !set["server"] && !set["db"] && env.getenv("PIXELRELAY_SERVER") != "" {
+		t.Server, t.Named = env.getenv("PIXELRELAY_SERVER"), true
 	}
 
 	switch {
