@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -26,7 +27,11 @@ type Client struct {
 // NewClient returns a client for the admin API at baseURL (for example
 // http://127.0.0.1:8025) with the bearer token (from PIXELRELAY_API_TOKEN).
 func NewClient(baseURL, token string) *Client {
-	c := &Client{token: token, http: &http.Client{}}
+	// No overall timeout: an import or a backup may rightly take minutes,
+	// and the caller's context bounds them. Connecting is bounded here.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second}).DialContext
+	c := &Client{token: token, http: &http.Client{Transport: tr}}
 	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
 	switch {
 	case err != nil:

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -455,9 +454,11 @@ func (s *Store) recordIn(tx *bbolt.Tx, tenant, addr string, key []byte) (Record,
 	if err != nil {
 		return rec, fmt.Errorf("subject record for %s: %v: %w", addr, err, ErrCorrupt)
 	}
-	if stored, err := s.openAddress(key[len(key)-32:], sub.addrCipher); err == nil {
-		rec.Address = stored
+	stored, err := s.openAddress(key[len(key)-32:], sub.addrCipher)
+	if err != nil {
+		return rec, fmt.Errorf("subject %s of tenant %s: %w", rec.Pseudonym, tenant, err)
 	}
+	rec.Address = stored
 	events := tx.Bucket(bucketEvents)
 	ids := map[uint64]string{}
 	for _, seq := range sub.events {
@@ -574,14 +575,4 @@ func (s *Store) Erase(ctx context.Context, tenant, addr, actor string) error {
 	}
 	s.afterWrite()
 	return nil
-}
-
-// errIs reports whether err is one of targets.
-func errIs(err error, targets ...error) bool {
-	for _, t := range targets {
-		if errors.Is(err, t) {
-			return true
-		}
-	}
-	return false
 }
