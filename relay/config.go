@@ -70,6 +70,7 @@ type Config struct {
 	RetryMemory time.Duration `yaml:"retry_memory" doc:"how long the relay remembers which recipients of a partly failed message were already delivered"`
 
 	Rules     string `yaml:"rules" doc:"file of extra tracker rules"`
+	Pprof     bool   `yaml:"pprof" doc:"serve Go's /debug/pprof/ profiles on the admin API, behind the token"`
 	LogFormat string `yaml:"log_format" doc:"text or json"`
 	LogLevel  string `yaml:"log_level" doc:"debug, info, warn or error"`
 

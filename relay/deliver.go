@@ -39,9 +39,10 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	received := receivedHeader(s.helo, s.remote, r.cfg.Hostname, protocolName(s.lmtp, s.tls, s.user != ""), relayID, time.Now())
 	enforced := rewrite.Strip
 
-	key := retryKey(tx, msg)
+	key := ""
 	var before map[string]bool
-	if r.deps.RetryMemory != nil {
+	if r.deps.RetryMemory != nil && !r.deps.RetryMemory.Empty() {
+		key = retryKey(tx, msg)
 		var err error
 		if before, err = r.deps.RetryMemory.Delivered(key); err != nil {
 			// Without the memory a retry may duplicate; refusing the
@@ -302,6 +303,9 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 	switch {
 	case len(temp) > 0 && len(ok) > 0:
 		if r.deps.RetryMemory != nil {
+			if key == "" {
+				key = retryKey(tx, msg)
+			}
 			if err := r.deps.RetryMemory.Remember(key, pseudonyms(ok)); err != nil {
 				r.log.Error("cannot record delivered recipients; the client's retry will duplicate them", "err", err)
 			}
@@ -431,7 +435,7 @@ func retryKey(tx *transaction, msg *message) string {
 	for _, a := range rcpts {
 		fmt.Fprintf(h, "%s\x00", strings.ToLower(a))
 	}
-	h.Write(msg.sum[:])
+	h.Write(msg.digest())
 	return hex.EncodeToString(h.Sum(nil))
 }
 

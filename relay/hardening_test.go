@@ -367,6 +367,25 @@ func TestLimits(t *testing.T) {
 			t.Fatalf("upstream got %d messages", n)
 		}
 	})
+	t.Run("command line length", func(t *testing.T) {
+		for _, withTLS := range []bool{false, true} {
+			h := newHarness(t, func(c *Config) {
+				c.MaxLineLength = 1000
+				if withTLS { // go-smtp enforces it under TLS, the wrapper without
+					c.TLSCert, c.TLSKey = writeCert(t, t.TempDir(), "relay.test")
+				}
+			})
+			c := dialFrom(t, h.addr, "")
+			c.reply()
+			c.expect("EHLO x.example", "250")
+			if r := c.cmd("MAIL FROM:<" + strings.Repeat("a", 2000) + "@x.example>"); !strings.HasPrefix(r, "500 5.4.0") {
+				t.Errorf("tls=%v: over-long command: %q, want 500 5.4.0", withTLS, r)
+			}
+			if !c.closed() {
+				t.Errorf("tls=%v: connection still open after an over-long command", withTLS)
+			}
+		}
+	})
 	t.Run("connections", func(t *testing.T) {
 		h := newHarness(t, func(c *Config) { c.MaxConnections = 2 })
 		for i := 0; i < 2; i++ {

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -8,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // conns tracks every accepted connection. go-smtp has no connection cap,
@@ -77,6 +80,9 @@ type trackedListener struct {
 	net.Listener
 	r        *Relay
 	implicit bool // behind an implicit-TLS listener: nothing may be written in clear
+	// limitLines: this listener never speaks TLS, so the wrapper sees the
+	// plaintext and enforces the command line limit itself (see inData).
+	limitLines bool
 }
 
 func (l *trackedListener) Accept() (net.Conn, error) {
@@ -85,7 +91,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		tc := &trackedConn{Conn: c, r: l.r, implicit: l.implicit}
+		tc := &trackedConn{Conn: c, r: l.r, implicit: l.implicit, limitLines: l.limitLines}
 		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 			tc.ip = ap.Addr().Unmap()
 		}
@@ -108,15 +114,35 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 // trackedConn is the raw TCP connection under go-smtp (and under TLS).
 type trackedConn struct {
 	net.Conn
-	r        *Relay
-	ip       netip.Addr
-	implicit bool
+	r          *Relay
+	ip         netip.Addr
+	implicit   bool
+	limitLines bool
 
 	reading    atomic.Bool // blocked waiting for client bytes
 	closeAfter atomic.Bool // close after the next write (a 421 reply)
 	sess       atomic.Pointer[session]
 	closed     sync.Once
+
+	// On listeners without TLS, command lines are limited here rather
+	// than by go-smtp, whose limit walks every byte, message data
+	// included, one at a time. Message lines are limited by the spooler;
+	// inData is set when a 354 goes out and cleared by the next reply,
+	// which go-smtp only writes once the message is read. Under TLS the
+	// wrapper sees only ciphertext, so go-smtp keeps that job there.
+	inData  atomic.Bool
+	lineLen int
+
+	// ahead holds bytes read from the socket but not yet handed to
+	// go-smtp, whose 4 KB buffer would otherwise cost a system call per
+	// 4 KB of message. Only on listeners without TLS: with STARTTLS,
+	// bytes read ahead in clear could otherwise be replayed after the
+	// handshake.
+	ahead    []byte
+	aheadBuf []byte
 }
+
+const readAhead = 64 << 10
 
 func (c *trackedConn) refuse(enh, text string) {
 	if !c.implicit {
@@ -127,13 +153,46 @@ func (c *trackedConn) refuse(enh, text string) {
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
-	c.reading.Store(true)
-	n, err := c.Conn.Read(p)
-	c.reading.Store(false)
+	var n int
+	var err error
+	switch {
+	case len(c.ahead) > 0:
+		n = copy(p, c.ahead)
+		c.ahead = c.ahead[n:]
+	case c.limitLines && c.inData.Load() && len(p) < readAhead:
+		if c.aheadBuf == nil {
+			c.aheadBuf = make([]byte, readAhead)
+		}
+		c.reading.Store(true)
+		var m int
+		m, err = c.Conn.Read(c.aheadBuf)
+		c.reading.Store(false)
+		n = copy(p, c.aheadBuf[:m])
+		c.ahead = c.aheadBuf[n:m]
+	default:
+		c.reading.Store(true)
+		n, err = c.Conn.Read(p)
+		c.reading.Store(false)
+	}
+	if n > 0 && c.limitLines && !c.inData.Load() {
+		if c.lineLen = longestLine(p[:n], c.lineLen, c.r.cfg.MaxLineLength); c.lineLen < 0 {
+			// go-smtp answers this error with "500 5.4.0 Too long line"
+			// and closes the connection.
+			return 0, smtp.ErrTooLongLine
+		}
+	}
 	return n, err
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
+	if c.limitLines {
+		if bytes.HasPrefix(p, []byte("354 ")) {
+			c.inData.Store(true)
+		} else if c.inData.Load() {
+			c.inData.Store(false)
+			c.lineLen = 0
+		}
+	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfter.Load() {
 		c.Close()

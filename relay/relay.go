@@ -167,11 +167,16 @@ func (r *Relay) Start() error {
 			r.Close()
 			return fmt.Errorf("listen %s on %s: %w", sp.name, sp.addr, err)
 		}
-		var ln net.Listener = &trackedListener{Listener: tcp, r: r, implicit: sp.tls}
+		srv := r.newServer(sp.lmtp)
+		plaintext := srv.TLSConfig == nil && !sp.tls
+		if plaintext {
+			// See trackedConn.inData: the wrapper limits command lines.
+			srv.MaxLineLength = 0
+		}
+		var ln net.Listener = &trackedListener{Listener: tcp, r: r, implicit: sp.tls, limitLines: plaintext}
 		if sp.tls {
 			ln = tls.NewListener(ln, r.certs.serverTLSConfig())
 		}
-		srv := r.newServer(sp.lmtp)
 		r.mu.Lock()
 		r.servers = append(r.servers, srv)
 		r.listeners = append(r.listeners, listenerInfo{sp.name, ln})
@@ -212,7 +217,7 @@ func (r *Relay) newServer(lmtp bool) *smtp.Server {
 	// (idle, in a transaction); go-smtp only needs to ask for one.
 	s.ReadTimeout = r.cfg.IdleTimeout
 	s.WriteTimeout = time.Minute
-	if r.certs != nil {
+	if r.certs != nil && !lmtp {
 		// Offers STARTTLS on the plain listener.
 		s.TLSConfig = r.certs.serverTLSConfig()
 	}

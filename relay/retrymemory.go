@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/json"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -17,6 +18,9 @@ type RetryMemory interface {
 	Delivered(key string) (map[string]bool, error)
 	// Remember adds recipient keys delivered for key.
 	Remember(key string, rcpts []string) error
+	// Empty tells whether nothing is remembered, so the common case skips
+	// hashing the message and the lookup.
+	Empty() bool
 }
 
 var retryBucket = []byte("relay_retry_memory")
@@ -24,10 +28,13 @@ var retryBucket = []byte("relay_retry_memory")
 // boltRetryMemory keeps the memory in the relay's bbolt file. Recipients are
 // stored as pseudonyms, never addresses.
 type boltRetryMemory struct {
-	db  *bolt.DB
-	ttl time.Duration
-	now func() time.Time
+	db      *bolt.DB
+	ttl     time.Duration
+	now     func() time.Time
+	entries atomic.Int64
 }
+
+func (m *boltRetryMemory) Empty() bool { return m.entries.Load() == 0 }
 
 type retryEntry struct {
 	Expires int64    `json:"expires"`
@@ -77,6 +84,8 @@ func (m *boltRetryMemory) Remember(key string, rcpts []string) error {
 		var e retryEntry
 		if v := b.Get([]byte(key)); v != nil {
 			json.Unmarshal(v, &e)
+		} else {
+			defer m.entries.Add(1)
 		}
 		seen := map[string]bool{}
 		for _, r := range e.Rcpts {
@@ -114,6 +123,7 @@ func (m *boltRetryMemory) sweep() {
 				c.Delete()
 			}
 		}
+		m.entries.Store(int64(b.Stats().KeyN))
 		return nil
 	})
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
-	"hash"
 	"io"
 	"net"
 	"net/textproto"
@@ -23,10 +22,17 @@ type message struct {
 	file   *os.File
 	size   int64
 	header textproto.MIMEHeader
-	// sum is the SHA-256 of the body as the client sent it, the message
-	// half of the retry-memory key.
-	sum [sha256.Size]byte
-	buf *[]byte // pooled backing array of mem
+	buf    *[]byte // pooled backing array of mem
+}
+
+// digest is the SHA-256 of the message as the client sent it, the message
+// half of the retry-memory key. It is computed only when needed: a pass
+// over every message for a memory that is almost always empty would cost
+// more than the lookup.
+func (m *message) digest() []byte {
+	h := sha256.New()
+	io.Copy(h, m.Reader())
+	return h.Sum(nil)
 }
 
 // Reader returns a fresh reader over the whole body.
@@ -74,7 +80,6 @@ var (
 func (sp *spooler) receive(r io.Reader) (*message, error) {
 	m := &message{buf: spoolBuffers.Get().(*[]byte)}
 	m.mem = (*m.buf)[:0]
-	h := sha256.New()
 	var (
 		chunk      [32 << 10]byte
 		lastCR     bool
@@ -97,7 +102,7 @@ func (sp *spooler) receive(r io.Reader) (*message, error) {
 					return nil, errLineLength
 				}
 			}
-			if err := m.write(sp, b, h); err != nil {
+			if err := m.write(sp, b); err != nil {
 				m.Close()
 				return nil, err
 			}
@@ -126,7 +131,6 @@ func (sp *spooler) receive(r io.Reader) (*message, error) {
 		m.Close()
 		return nil, errHeaderSize
 	}
-	h.Sum(m.sum[:0])
 	m.header = parseHeader(m, headerEnd)
 	return m, nil
 }
@@ -193,8 +197,7 @@ func longestLine(b []byte, cur, max int) int {
 // the header, which the relay parses, and which a DSN quotes.
 const headKeep = 64 << 10
 
-func (m *message) write(sp *spooler, b []byte, h hash.Hash) error {
-	h.Write(b)
+func (m *message) write(sp *spooler, b []byte) error {
 	m.size += int64(len(b))
 	if m.file != nil {
 		if n := headKeep - len(m.mem); n > 0 {

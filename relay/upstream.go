@@ -149,8 +149,7 @@ type smtpUpstream struct {
 }
 
 type upConn struct {
-	c        *smtp.Client
-	raw      net.Conn
+	c        *upClient
 	lastUsed time.Time
 }
 
@@ -182,37 +181,18 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 	if err != nil {
 		return nil, err
 	}
-	if opts != nil && opts.UTF8 {
-		if ok, _ := conn.c.Extension("SMTPUTF8"); !ok {
-			u.put(conn)
-			return nil, errUpstreamNoSMTPUTF8
-		}
+	if opts != nil && opts.UTF8 && !conn.c.has("SMTPUTF8") {
+		u.put(conn)
+		return nil, errUpstreamNoSMTPUTF8
 	}
-	if opts != nil && opts.RequireTLS {
-		if ok, _ := conn.c.Extension("REQUIRETLS"); !ok {
-			u.put(conn)
-			return nil, errUpstreamNoRequireTLS
-		}
+	if opts != nil && opts.RequireTLS && !conn.c.has("REQUIRETLS") {
+		u.put(conn)
+		return nil, errUpstreamNoRequireTLS
 	}
-	if err := conn.c.Mail(from, upstreamMailOptions(opts)); err != nil {
+	if err := conn.c.mail(from, opts); err != nil {
 		return nil, u.fail(conn, "mail", err)
 	}
 	return &smtpTx{up: u, conn: conn}, nil
-}
-
-// upstreamMailOptions keeps what must travel end to end (SMTPUTF8, DSN's
-// RET and ENVID, REQUIRETLS) and drops what no longer holds after a rewrite:
-// SIZE changes, and AUTH= describes the client's session with us.
-func upstreamMailOptions(in *smtp.MailOptions) *smtp.MailOptions {
-	if in == nil {
-		return nil
-	}
-	return &smtp.MailOptions{
-		UTF8:       in.UTF8,
-		RequireTLS: in.RequireTLS,
-		Return:     in.Return,
-		EnvelopeID: in.EnvelopeID,
-	}
 }
 
 // fail classifies an error from a connection in use. An SMTP reply leaves
@@ -249,10 +229,8 @@ func (u *smtpUpstream) get(ctx context.Context) (*upConn, error) {
 			continue
 		}
 		// NOOP is the health check: a connection the server closed fails
-		// here instead of in the middle of a transaction. (Not RSET:
-		// go-smtp's client re-sends EHLO after RSET, which strict servers
-		// refuse as a duplicate greeting.)
-		if err := conn.c.Noop(); err != nil {
+		// here instead of in the middle of a transaction.
+		if err := conn.c.noop(); err != nil {
 			conn.c.Close()
 			continue
 		}
@@ -266,8 +244,7 @@ func (u *smtpUpstream) put(conn *upConn) {
 	u.mu.Lock()
 	if u.closed || len(u.idle) >= u.opt.PoolSize {
 		u.mu.Unlock()
-		conn.c.Quit()
-		conn.c.Close()
+		conn.c.quit()
 		return
 	}
 	u.idle = append(u.idle, conn)
@@ -275,113 +252,111 @@ func (u *smtpUpstream) put(conn *upConn) {
 }
 
 func (u *smtpUpstream) dial(ctx context.Context) (*upConn, error) {
-	opt := u.opt
-	ctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(ctx, u.opt.ConnectTimeout)
 	defer cancel()
-	tlsConfig := &tls.Config{ServerName: opt.ServerName, RootCAs: opt.RootCAs, MinVersion: tls.VersionTLS12}
-
-	switch opt.URL.Scheme {
-	case "smtps":
-		return u.open(ctx, "tls", func(raw net.Conn) (*smtp.Client, error) {
-			tc := tls.Client(raw, tlsConfig)
-			if err := tc.HandshakeContext(ctx); err != nil {
-				return nil, err
-			}
-			return smtp.NewClient(tc), nil
-		})
-	case "starttls":
-		return u.open(ctx, "tls", func(raw net.Conn) (*smtp.Client, error) {
-			return smtp.NewClientStartTLS(raw, tlsConfig)
-		})
-	}
-	// smtp://: opportunistic STARTTLS, like Postfix's "may" level. It
-	// protects against passive eavesdropping only; verifying would turn a
-	// self-signed internal relay into an outage. starttls:// verifies.
-	plain := func(raw net.Conn) (*smtp.Client, error) { return smtp.NewClient(raw), nil }
-	if time.Now().UnixNano() < u.noStartTLSUntil.Load() {
-		return u.open(ctx, "connect", plain)
-	}
-	opportunistic := tlsConfig.Clone()
-	opportunistic.InsecureSkipVerify = true
-	conn, err := u.open(ctx, "tls", func(raw net.Conn) (*smtp.Client, error) {
-		return smtp.NewClientStartTLS(raw, opportunistic)
-	})
+	c, err := u.open(ctx, time.Now().UnixNano() >= u.noStartTLSUntil.Load())
 	var ue *UpstreamError
-	if err == nil || !errors.As(err, &ue) || ue.Phase != "tls" || ctx.Err() != nil {
-		return conn, err
+	if err != nil && errors.As(err, &ue) && ue.Phase == "tls" && u.opt.URL.Scheme == "smtp" && ctx.Err() == nil {
+		// Opportunistic TLS failed in the handshake: fall back to
+		// plaintext, as Postfix's "may" level does, and remember that
+		// for a while instead of failing every connection the same way.
+		u.noStartTLSUntil.Store(time.Now().Add(10 * time.Minute).UnixNano())
+		c, err = u.open(ctx, false)
 	}
-	// No STARTTLS offered, or the handshake failed: fall back to
-	// plaintext as a "may" policy does, and remember that for a while.
-	u.noStartTLSUntil.Store(time.Now().Add(10 * time.Minute).UnixNano())
-	return u.open(ctx, "connect", plain)
+	if err != nil {
+		return nil, err
+	}
+	return &upConn{c: c, lastUsed: time.Now()}, nil
 }
 
-// open dials, lets start build the client (plain, implicit TLS or
-// STARTTLS), then greets and authenticates. Everything up to a ready
-// connection must fit in ctx: go-smtp's own timeouts only start after it
-// has been built, so a server that accepts but never speaks is cut off by
-// closing the socket.
-func (u *smtpUpstream) open(ctx context.Context, phase string, start func(net.Conn) (*smtp.Client, error)) (*upConn, error) {
+// open dials and brings the connection to "ready for MAIL": banner, EHLO,
+// TLS as the scheme demands, AUTH. Everything must fit in ctx: a server
+// that accepts but never speaks is cut off by closing the socket.
+func (u *smtpUpstream) open(ctx context.Context, tryTLS bool) (*upClient, error) {
+	opt := u.opt
 	d := net.Dialer{}
-	raw, err := d.DialContext(ctx, "tcp", u.opt.URL.Addr)
+	raw, err := d.DialContext(ctx, "tcp", opt.URL.Addr)
 	if err != nil {
 		return nil, &UpstreamError{Phase: "connect", Err: err}
 	}
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
-	fail := func(phase string, err error) (*upConn, error) {
+	fail := func(phase string, err error) (*upClient, error) {
 		raw.Close()
 		if ctx.Err() != nil {
-			err = fmt.Errorf("no ready connection within %v: %w", u.opt.ConnectTimeout, err)
+			err = fmt.Errorf("no ready connection within %v: %w", opt.ConnectTimeout, err)
+		}
+		if isSMTPReply(err) && phase == "tls" {
+			phase = "connect" // the server answered: not a handshake problem
 		}
 		return nil, &UpstreamError{Phase: phase, Err: err}
 	}
-	c, err := start(raw)
-	if err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			// The server answered (e.g. 421 at greeting): not a TLS problem.
-			return fail("connect", err)
+	tlsConfig := &tls.Config{ServerName: opt.ServerName, RootCAs: opt.RootCAs, MinVersion: tls.VersionTLS12}
+	c := newUpClient(raw, opt.CommandTimeout, opt.DataTimeout)
+	if opt.URL.Scheme == "smtps" {
+		tc := tls.Client(raw, tlsConfig)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fail("tls", err)
 		}
-		return fail(phase, err)
+		c.setConn(tc)
+		c.tls = true
 	}
-	c.CommandTimeout = u.opt.CommandTimeout
-	c.SubmissionTimeout = u.opt.DataTimeout
-	if err := c.Hello(u.opt.Hostname); err != nil {
-		// After STARTTLS the handshake runs lazily, inside this EHLO.
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) {
-			return fail(phase, err)
-		}
+	if err := c.greet(); err != nil {
 		return fail("connect", err)
 	}
-	if u.opt.URL.User != "" {
+	if err := c.hello(opt.Hostname); err != nil {
+		return fail("connect", err)
+	}
+	switch {
+	case opt.URL.Scheme == "starttls":
+		if !c.has("STARTTLS") {
+			return fail("tls", fmt.Errorf("%s does not offer STARTTLS, which starttls:// requires", opt.URL.Addr))
+		}
+		if err := c.startTLS(tlsConfig); err != nil {
+			return fail("tls", err)
+		}
+		if err := c.hello(opt.Hostname); err != nil {
+			return fail("connect", err)
+		}
+	case opt.URL.Scheme == "smtp" && tryTLS && c.has("STARTTLS"):
+		// Opportunistic: encryption against passive eavesdropping only;
+		// verifying would turn a self-signed internal relay into an
+		// outage. starttls:// verifies.
+		opportunistic := tlsConfig.Clone()
+		opportunistic.InsecureSkipVerify = true
+		if err := c.startTLS(opportunistic); err != nil {
+			return fail("tls", err)
+		}
+		if err := c.hello(opt.Hostname); err != nil {
+			return fail("connect", err)
+		}
+	}
+	if opt.URL.User != "" {
 		if err := u.auth(c); err != nil {
 			return fail("auth", err)
 		}
 	}
 	if !stop() {
-		// The deadline fired while we finished: the socket is closed.
 		return fail("connect", ctx.Err())
 	}
-	return &upConn{c: c, raw: raw, lastUsed: time.Now()}, nil
+	return c, nil
 }
 
-func (u *smtpUpstream) auth(c *smtp.Client) error {
-	_, isTLS := c.TLSConnectionState()
-	if !isTLS && !isLoopbackHost(u.opt.URL.Host) {
+func (u *smtpUpstream) auth(c *upClient) error {
+	if !c.tls && !isLoopbackHost(u.opt.URL.Host) {
 		return fmt.Errorf("refusing to send the upstream password over an unencrypted connection to %s; use starttls:// or smtps://", u.opt.URL.Addr)
 	}
+	mechs := " " + strings.ToUpper(c.ext["AUTH"]) + " "
 	var client sasl.Client
 	switch {
-	case c.SupportsAuth("PLAIN"):
+	case strings.Contains(mechs, " PLAIN "):
 		client = sasl.NewPlainClient("", u.opt.URL.User, u.opt.URL.Password)
-	case c.SupportsAuth("LOGIN"):
+	case strings.Contains(mechs, " LOGIN "):
 		client = sasl.NewLoginClient(u.opt.URL.User, u.opt.URL.Password)
 	default:
 		return fmt.Errorf("%s offers neither AUTH PLAIN nor LOGIN", u.opt.URL.Addr)
 	}
-	return c.Auth(client)
+	return c.auth(client)
 }
 
 func isLoopbackHost(h string) bool {
@@ -408,8 +383,7 @@ func (u *smtpUpstream) Close() error {
 	u.closed = true
 	u.mu.Unlock()
 	for _, conn := range idle {
-		conn.c.Quit()
-		conn.c.Close()
+		conn.c.quit()
 	}
 	return nil
 }
@@ -423,7 +397,7 @@ func (t *smtpTx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) er
 	if t.conn == nil {
 		return &UpstreamError{Phase: "rcpt", Err: errors.New("transaction already ended")}
 	}
-	err := t.conn.c.Rcpt(to, opts)
+	err := t.conn.c.rcpt(to, opts)
 	if err == nil {
 		return nil
 	}
@@ -447,40 +421,36 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		return Reply{}, &UpstreamError{Phase: "data", Err: errors.New("transaction already ended")}
 	}
 	t.conn = nil
-	w, err := conn.c.Data()
-	if err != nil {
-		return Reply{}, t.up.fail(conn, "data", err)
+	var werr error
+	text, err := conn.c.data(func(w io.Writer) error {
+		werr = write(w)
+		return werr
+	})
+	if werr != nil {
+		// Our own failure (rewrite, spool): the connection was closed
+		// without the final dot.
+		return Reply{}, werr
 	}
-	// go-smtp sets no deadline while the body streams; without one a
-	// stalled upstream would hold the client's session forever.
-	conn.raw.SetDeadline(time.Now().Add(t.up.opt.DataTimeout))
-	if err := write(w); err != nil {
-		// Closing without the final dot makes the upstream discard the
-		// partial message.
-		conn.c.Close()
-		return Reply{}, err
-	}
-	resp, err := w.CloseWithResponse()
-	conn.raw.SetDeadline(time.Time{})
 	if err != nil {
 		return Reply{}, t.up.fail(conn, "data", err)
 	}
 	t.up.put(conn)
-	return Reply{Code: 250, Text: resp.StatusText, QueueID: queueID(resp.StatusText)}, nil
+	return Reply{Code: 250, Text: text, QueueID: queueID(text)}, nil
 }
 
-// Abort ends the transaction by retiring its connection. RSET would keep
-// it, but go-smtp's client then re-greets with EHLO, which strict servers
-// answer with 503; aborts are rare (client RSET, partial retries, refused
-// DATA), so a fresh connection next time costs little.
+// Abort ends the transaction with RSET and keeps the connection for the
+// next one; a connection that fails the RSET is dropped.
 func (t *smtpTx) Abort() {
 	if t.conn == nil {
 		return
 	}
 	conn := t.conn
 	t.conn = nil
-	conn.c.Quit()
-	conn.c.Close()
+	if _, _, err := conn.c.cmd(250, "RSET"); err != nil {
+		conn.c.Close()
+		return
+	}
+	t.up.put(conn)
 }
 
 // queueID extracts the upstream's queue id from its final reply, which is

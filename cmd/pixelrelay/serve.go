@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -280,6 +281,11 @@ func adminMux(cfg relay.Config, store *consent.Store, rl *relay.Relay, reg *prom
 		})
 	}
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
+	if cfg.Pprof {
+		mux.Handle("/debug/pprof/", auth(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/profile", auth(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/trace", auth(http.HandlerFunc(pprof.Trace)))
+	}
 	api := consent.NewHandler(store, consent.HandlerOptions{Tokens: consent.SingleToken(cfg.APIToken), Logger: log})
 	for _, p := range consent.Routes() {
 		mux.Handle(p, api)
