@@ -50,6 +50,13 @@ func errSenderNotAllowed(user string) *smtp.SMTPError {
 // sees why its recipient or message was refused; transport failures are
 // always temporary, never a bounce.
 func upstreamReply(err error) *smtp.SMTPError {
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		// Failing to establish the connection (refused, TLS, a refused
+		// AUTH, a banner that turns us away) is about our link to the
+		// upstream, never about this message: temporary.
+		return errUpstreamDown
+	}
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		if se.Code >= 400 && se.Code < 600 {
@@ -67,6 +74,10 @@ func upstreamReply(err error) *smtp.SMTPError {
 // isPermanent tells whether an upstream error is a 5xx verdict, as opposed
 // to a 4xx or a transport failure.
 func isPermanent(err error) bool {
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		return false
+	}
 	var se *smtp.SMTPError
 	return errors.As(err, &se) && se.Code >= 500 && se.Code < 600
 }

@@ -5,6 +5,7 @@ package relaytest
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -24,6 +26,7 @@ import (
 // accepted, and can be told to fail at any phase, maddy-style.
 type Upstream struct {
 	t    testing.TB
+	opts Options
 	srv  *smtp.Server
 	ln   net.Listener
 	addr string
@@ -38,6 +41,8 @@ type Upstream struct {
 }
 
 type Message struct {
+	TLS      bool   // the message arrived over TLS
+	User     string // the AUTH identity it arrived under
 	From     string
 	Rcpts    []string
 	MailOpts smtp.MailOptions
@@ -58,17 +63,41 @@ type Fault struct {
 	Times int  // how often it fires; 0: always
 }
 
-func NewUpstream(t testing.TB) *Upstream {
+func NewUpstream(t testing.TB) *Upstream { return NewUpstreamWith(t, Options{}) }
+
+// Options make the upstream speak TLS or require AUTH.
+type Options struct {
+	// TLS offers STARTTLS, or with Implicit, serves TLS from the first
+	// byte (smtps).
+	TLS      *tls.Config
+	Implicit bool
+	// Users, when set, are the accepted AUTH PLAIN credentials, and MAIL
+	// requires authentication.
+	Users map[string]string
+	// NoSMTPUTF8 leaves SMTPUTF8 out of the EHLO reply.
+	NoSMTPUTF8 bool
+}
+
+// NewUpstreamWith starts an upstream with the given options.
+func NewUpstreamWith(t testing.TB, opts Options) *Upstream {
 	t.Helper()
-	u := &Upstream{t: t}
-	u.srv = smtp.NewServer(u)
-	u.srv.Domain = "upstream.test"
-	u.srv.EnableSMTPUTF8 = true
-	u.srv.EnableDSN = true
-	u.srv.ErrorLog = discardLogger{}
+	u := &Upstream{t: t, opts: opts}
+	u.srv = u.newServer()
 	u.start()
 	t.Cleanup(u.stop)
 	return u
+}
+
+func (u *Upstream) newServer() *smtp.Server {
+	srv := smtp.NewServer(u)
+	srv.Domain = "upstream.test"
+	srv.EnableSMTPUTF8 = !u.opts.NoSMTPUTF8
+	srv.EnableDSN = true
+	srv.ErrorLog = discardLogger{}
+	if u.opts.TLS != nil && !u.opts.Implicit {
+		srv.TLSConfig = u.opts.TLS
+	}
+	return srv
 }
 
 func (u *Upstream) start() {
@@ -79,6 +108,9 @@ func (u *Upstream) start() {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		u.t.Fatalf("fake upstream: %v", err)
+	}
+	if u.opts.Implicit {
+		ln = tls.NewListener(ln, u.opts.TLS)
 	}
 	u.ln = ln
 	u.addr = ln.Addr().String()
@@ -104,11 +136,7 @@ func (u *Upstream) stop() {
 // nobody; a connect gets RST).
 func (u *Upstream) Down() {
 	u.srv.Close()
-	u.srv = smtp.NewServer(u)
-	u.srv.Domain = "upstream.test"
-	u.srv.EnableSMTPUTF8 = true
-	u.srv.EnableDSN = true
-	u.srv.ErrorLog = discardLogger{}
+	u.srv = u.newServer()
 }
 
 // up restarts a downed upstream on the same address.
@@ -187,6 +215,26 @@ type session struct {
 	u    *Upstream
 	conn *smtp.Conn
 	msg  Message
+	user string
+}
+
+// AuthMechanisms and Auth make the upstream accept AUTH PLAIN when Users
+// is set.
+func (s *session) AuthMechanisms() []string {
+	if s.u.opts.Users == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(identity, user, pass string) error {
+		if want, ok := s.u.opts.Users[user]; !ok || want != pass {
+			return smtp.ErrAuthFailed
+		}
+		s.user = user
+		return nil
+	}), nil
 }
 
 func (s *session) apply(f *Fault) error {
@@ -210,10 +258,13 @@ func (s *session) Reset()        { s.msg = Message{} }
 func (s *session) Logout() error { return nil }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.u.opts.Users != nil && s.user == "" {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
 	if err := s.apply(s.u.take("mail", nil)); err != nil {
 		return err
 	}
-	s.msg = Message{From: from}
+	s.msg = Message{From: from, TLS: s.isTLS(), User: s.user}
 	if opts != nil {
 		s.msg.MailOpts = *opts
 	}
@@ -350,4 +401,9 @@ func path(addr string) string {
 		return strconv.Quote(addr)
 	}
 	return "<" + addr + ">"
+}
+
+func (s *session) isTLS() bool {
+	_, ok := s.conn.TLSConnectionState()
+	return ok
 }

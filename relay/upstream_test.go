@@ -1,0 +1,164 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"net/smtp"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/pixelrelay/pixelrelay/relay/relaytest"
+)
+
+func upstreamTLS(t *testing.T) (cfg *tls.Config, caFile string) {
+	t.Helper()
+	cert, key := writeCert(t, t.TempDir(), "upstream.test")
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}}, cert
+}
+
+// sendThrough sends the plain fixture through the harness to rcpt and
+// returns the error net/smtp saw.
+func sendThrough(h *harness, rcpt string) error {
+	msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+	return smtp.SendMail(h.addr, nil, "app@app.example", []string{rcpt}, dotless(msg))
+}
+
+func TestUpstreamSchemes(t *testing.T) {
+	tlsCfg, ca := upstreamTLS(t)
+	for _, tc := range []struct {
+		name     string
+		opts     relaytest.Options
+		scheme   string
+		userinfo string
+		trustCA  bool
+		wantTLS  bool
+		wantUser string
+		wantErr  string // prefix of net/smtp's error, "" for success
+	}{
+		// smtp:// uses STARTTLS when offered, without verifying (Postfix "may").
+		{name: "smtp-opportunistic", opts: relaytest.Options{TLS: tlsCfg}, scheme: "smtp", wantTLS: true},
+		// ...and plaintext when not.
+		{name: "smtp-plain", scheme: "smtp"},
+		// starttls:// requires STARTTLS and a verified certificate.
+		{name: "starttls", opts: relaytest.Options{TLS: tlsCfg}, scheme: "starttls", trustCA: true, wantTLS: true},
+		{name: "starttls-unverified", opts: relaytest.Options{TLS: tlsCfg}, scheme: "starttls", wantErr: "451 4.4.1"},
+		{name: "starttls-not-offered", scheme: "starttls", trustCA: true, wantErr: "451 4.4.1"},
+		// smtps:// is TLS from the first byte.
+		{name: "smtps", opts: relaytest.Options{TLS: tlsCfg, Implicit: true}, scheme: "smtps", trustCA: true, wantTLS: true},
+		// AUTH to the upstream, over TLS.
+		{name: "auth", opts: relaytest.Options{TLS: tlsCfg, Users: map[string]string{"relay": "p@ss"}},
+			scheme: "starttls", userinfo: "relay:p%40ss@", trustCA: true, wantTLS: true, wantUser: "relay"},
+		// A wrong upstream password is our configuration problem: 4xx, never a bounce.
+		{name: "auth-wrong", opts: relaytest.Options{TLS: tlsCfg, Users: map[string]string{"relay": "p@ss"}},
+			scheme: "starttls", userinfo: "relay:nope@", trustCA: true, wantErr: "451 4.4.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := relaytest.NewUpstreamWith(t, tc.opts)
+			h := newHarness(t, func(c *Config) {
+				c.Upstream = tc.scheme + "://" + tc.userinfo + up.Addr()
+				c.UpstreamServerName = "upstream.test"
+				if tc.trustCA {
+					c.UpstreamCA = ca
+				}
+			})
+			err := sendThrough(h, "bob@example.org")
+			if tc.wantErr != "" {
+				code, enh, _ := strings.Cut(tc.wantErr, " ")
+				if err == nil || !strings.HasPrefix(err.Error(), code) || !strings.Contains(err.Error(), enh) {
+					t.Fatalf("got %v, want %s", err, tc.wantErr)
+				}
+				if n := len(up.Messages()); n != 0 {
+					t.Fatalf("upstream accepted %d messages", n)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := up.MessageFor("bob@example.org")
+			if m.TLS != tc.wantTLS || m.User != tc.wantUser {
+				t.Errorf("arrived with TLS=%v user=%q, want TLS=%v user=%q", m.TLS, m.User, tc.wantTLS, tc.wantUser)
+			}
+		})
+	}
+}
+
+func TestUpstreamWithoutSMTPUTF8(t *testing.T) {
+	up := relaytest.NewUpstreamWith(t, relaytest.Options{NoSMTPUTF8: true})
+	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + up.Addr() })
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<app@app.example> SMTPUTF8", "250")
+	// Permanent and explicit: retrying would loop for ever.
+	c.expect("RCPT TO:<jörg@example.de>", "553 5.6.7")
+}
+
+func TestUpstreamConnectionReuse(t *testing.T) {
+	h := newHarness(t, nil)
+	for i := 0; i < 5; i++ {
+		if err := sendThrough(h, "bob@example.org"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An aborted transaction (client RSET) keeps the connection too.
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<app@app.example>", "250")
+	c.expect("RCPT TO:<bob@example.org>", "250")
+	c.expect("RSET", "250")
+	if err := sendThrough(h, "bob@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.up.Conns(); n != 1 {
+		t.Errorf("6 messages and an abort used %d upstream connections, want 1 (pooled)", n)
+	}
+}
+
+func TestDotWriter(t *testing.T) {
+	for _, tc := range []struct {
+		chunks []string
+		want   string
+	}{
+		{[]string{"a\r\n.b\r\n"}, "a\r\n..b\r\n.\r\n"},     // leading dot doubled
+		{[]string{".\r\n"}, "..\r\n.\r\n"},                 // a lone dot line cannot end DATA
+		{[]string{"a\r\n", ".b\r\n"}, "a\r\n..b\r\n.\r\n"}, // dot at a chunk start
+		{[]string{"a\r", "\n.\r\n"}, "a\r\n..\r\n.\r\n"},   // CRLF split across chunks
+		{[]string{"a\n.\nb"}, "a\r\n..\r\nb\r\n.\r\n"},     // bare LF becomes CRLF; end adds CRLF
+		{[]string{"no newline"}, "no newline\r\n.\r\n"},    // unterminated last line
+		{[]string{"x.y\r\n"}, "x.y\r\n.\r\n"},              // a dot inside a line is left alone
+		{[]string{"", "a\r\n"}, "a\r\n.\r\n"},              // empty write
+	} {
+		var out bytes.Buffer
+		w := bufio.NewWriter(&out)
+		d := &dotWriter{w: w, bol: true}
+		for _, c := range tc.chunks {
+			d.Write([]byte(c))
+		}
+		d.close()
+		if out.String() != tc.want {
+			t.Errorf("%q: got %q, want %q", tc.chunks, out.String(), tc.want)
+		}
+	}
+}
+
+func TestToSMTPError(t *testing.T) {
+	se := toSMTPError(550, "5.1.1 No such user")
+	if se.Code != 550 || se.EnhancedCode != [3]int{5, 1, 1} || se.Message != "No such user" {
+		t.Errorf("got %+v", se)
+	}
+	se = toSMTPError(554, "Transaction failed")
+	if se.EnhancedCode != [3]int{} || se.Message != "Transaction failed" {
+		t.Errorf("without an enhanced code: %+v", se)
+	}
+	if got := xtext("a+b=c d"); got != "a+2Bb+3Dc+20d" {
+		t.Errorf("xtext: %q", got)
+	}
+}
