@@ -178,6 +178,9 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (Im
 
 	wrote := false
 	for b := range batches {
+		if ctx.Err() != nil {
+			break // interrupted: what is committed stays, nothing more is written
+		}
 		if len(b.rows) > 0 {
 			if err := s.applyBatch(b.rows, &res, &opts); err != nil {
 				if wrote {

@@ -313,8 +313,11 @@ func TestImportCancelKeepsCommittedBatches(t *testing.T) {
 	}
 	ctx, cancel = context.WithCancel(context.Background())
 	cancel()
-	_, err = s.Import(ctx, strings.NewReader(b.String()), ImportOptions{Actor: "t"})
-	if !errors.Is(err, context.Canceled) {
-		t.Errorf("cancelled import: %v", err)
+	res, err = s.Import(ctx, strings.NewReader(strings.ReplaceAll(b.String(), "@example.com", "@other.example")), ImportOptions{Actor: "t", BatchSize: 10})
+	if !errors.Is(err, context.Canceled) || res.Rows != 0 {
+		t.Errorf("cancelled import: %+v %v", res, err)
+	}
+	if st := mustLookup(t, s, DefaultTenant, "u0@other.example", PurposeOpenTracking); st != Unknown {
+		t.Errorf("an import cancelled before it started wrote %s", st)
 	}
 }
