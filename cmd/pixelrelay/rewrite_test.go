@@ -106,7 +106,9 @@ func TestRewriteCommandExitCodes(t *testing.T) {
 		{"unknown flag", nil, []string{"rewrite", "--no-such-flag"}, 1, "no-such-flag"},
 		{"positional", nil, []string{"rewrite", "file.eml"}, 1, "read from stdin"},
 		{"beacon needs the store", nil, []string{"rewrite", "--action", "beacon"}, 1, "--db or --server"},
-		{"auto needs the store", nil, []string{"rewrite", "--action", "auto", "--recipient", "a@b.c"}, 1, "--db or --server"},
+		// Pipe mode must never fail a delivery: no store means strip.
+		{"auto without a store strips", strings.NewReader(msg), []string{"rewrite", "--action", "auto", "--recipient", "a@b.c", "--db", filepath.Join(dir, "none.db")}, 0, "fail closed"},
+		{"auto needs one recipient", nil, []string{"rewrite", "--action", "auto"}, 1, "exactly one --recipient"},
 		{"bad action", nil, []string{"rewrite", "--action", "zap"}, 1, "unknown --action"},
 		{"missing rules", nil, []string{"rewrite", "--rules", filepath.Join(dir, "nope.rules")}, 1, "nope.rules"},
 		{"bad rules", nil, []string{"rewrite", "--rules", bad}, 1, "bad.rules:2:"},
