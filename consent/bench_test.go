@@ -57,7 +57,7 @@ func benchDir() string {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if benchTmp.dir != "" {
-		if s, err := lookupStore(); err == nil {
+		if s := lookupOpened.Load(); s != nil {
 			s.Close()
 		}
 		os.RemoveAll(benchTmp.dir)
@@ -190,6 +190,9 @@ func BenchmarkImport1M(b *testing.B) {
 	}
 }
 
+// lookupOpened is the store lookupStore built, for TestMain to close.
+var lookupOpened atomic.Pointer[Store]
+
 // lookupStore is a store of benchSubjects() subjects, built once per process.
 var lookupStore = sync.OnceValues(func() (*Store, error) {
 	n := benchSubjects()
@@ -198,6 +201,7 @@ var lookupStore = sync.OnceValues(func() (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	lookupOpened.Store(s)
 	csvPath := filepath.Join(benchDir(), fmt.Sprintf("lookup-%d.csv", n))
 	f, err := os.Create(csvPath)
 	if err != nil {
