@@ -71,6 +71,7 @@ type AuditLog struct {
 	mu   sync.Mutex
 	w    io.Writer
 	f    *os.File // nil when writing to stdout
+	path string
 	prev string
 	// dirty is set when lines were written since the last fsync.
 	dirty bool
@@ -92,7 +93,7 @@ func OpenAuditLog(path string) (*AuditLog, error) {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: %w; move the file aside to start a new chain", path, err)
 	}
-	a := &AuditLog{w: f, f: f, prev: prev, stop: make(chan struct{})}
+	a := &AuditLog{w: f, f: f, path: path, prev: prev, stop: make(chan struct{})}
 	go a.syncLoop()
 	return a, nil
 }
@@ -142,6 +143,44 @@ func lastHash(f *os.File) (string, error) {
 		return "", fmt.Errorf("last line is not an audit record (%v)", err)
 	}
 	return h, nil
+}
+
+// Reopen switches to a fresh file at the same path, for log rotation
+// (logrotate's create mode, then SIGHUP). When the new file is empty the
+// chain continues across the rotation: its first line links to the last
+// line of the rotated file, so `audit verify OLD NEW` checks both as one.
+func (a *AuditLog) Reopen() error {
+	if a.f == nil {
+		return nil
+	}
+	f, err := os.OpenFile(a.path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	prev, err := lastHash(f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("audit log %s: %w", a.path, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	same := false
+	if st1, err1 := f.Stat(); err1 == nil {
+		if st0, err0 := a.f.Stat(); err0 == nil {
+			same = os.SameFile(st0, st1)
+		}
+	}
+	if same {
+		f.Close()
+		return nil
+	}
+	a.f.Sync()
+	a.f.Close()
+	a.f, a.w = f, f
+	if prev != "" {
+		a.prev = prev
+	}
+	return nil
 }
 
 // Close flushes and closes the log.
@@ -243,34 +282,68 @@ func (e *AuditVerifyError) Error() string {
 // before. It returns the number of records checked and, on failure, an
 // *AuditVerifyError for the first bad line.
 func VerifyAuditLog(r io.Reader) (int, error) {
+	return VerifyAuditChain(r, "")
+}
+
+// VerifyAuditChain is VerifyAuditLog for a segment whose first line must
+// link to prev: the last hash of the segment before it, "" for the first.
+func VerifyAuditChain(r io.Reader, prev string) (int, error) {
+	n, _, err := verifyChain(r, prev)
+	return n, err
+}
+
+// verifyChain verifies a segment and returns its last hash.
+func verifyChain(r io.Reader, prev string) (int, string, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
-	prev := ""
 	n := 0
 	for sc.Scan() {
 		n++
 		line := sc.Bytes()
 		h, err := lineHash(line)
 		if err != nil {
-			return n - 1, &AuditVerifyError{Line: n, Reason: err.Error(), Text: string(line)}
+			return n - 1, prev, &AuditVerifyError{Line: n, Reason: err.Error(), Text: string(line)}
 		}
 		var rec struct {
 			PrevHash *string `json:"prev_hash"`
 		}
 		if err := json.Unmarshal(line, &rec); err != nil || rec.PrevHash == nil {
-			return n - 1, &AuditVerifyError{Line: n, Reason: "not a JSON audit record", Text: string(line)}
+			return n - 1, prev, &AuditVerifyError{Line: n, Reason: "not a JSON audit record", Text: string(line)}
 		}
 		if *rec.PrevHash != prev {
 			reason := "prev_hash does not match the line before (a line was removed, reordered or inserted)"
-			if n == 1 {
-				reason = "the first line links to a line that is not in this file (the log was truncated at the start, or is a later segment)"
+			if n == 1 && prev == "" {
+				reason = "the first line links to a line that is not in this file (the log was truncated at the start, or it is a rotated segment: give the earlier files first)"
+			} else if n == 1 {
+				reason = "the first line does not continue the previous file (a file is missing between them, or the order is wrong)"
 			}
-			return n - 1, &AuditVerifyError{Line: n, Reason: reason, Text: string(line)}
+			return n - 1, prev, &AuditVerifyError{Line: n, Reason: reason, Text: string(line)}
 		}
 		prev = h
 	}
 	if err := sc.Err(); err != nil {
-		return n, fmt.Errorf("reading line %d: %w", n+1, err)
+		return n, prev, fmt.Errorf("reading line %d: %w", n+1, err)
 	}
-	return n, nil
+	return n, prev, nil
+}
+
+// VerifyAuditFiles verifies rotated segments given oldest first, as one
+// chain. It returns the records checked, and on failure the file and an
+// *AuditVerifyError for its first bad line.
+func VerifyAuditFiles(paths []string) (n int, badFile string, err error) {
+	prev := ""
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return n, p, err
+		}
+		m, last, err := verifyChain(f, prev)
+		f.Close()
+		n += m
+		if err != nil {
+			return n, p, err
+		}
+		prev = last
+	}
+	return n, "", nil
 }

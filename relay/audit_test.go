@@ -78,3 +78,33 @@ func TestAuditRefusesForeignTail(t *testing.T) {
 		t.Fatalf("opening a log whose last line is foreign: %v", err)
 	}
 }
+
+func TestAuditRotation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	a, err := OpenAuditLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Delivered(&AuditRecord{MessageID: "<1@x>"})
+	a.Delivered(&AuditRecord{MessageID: "<2@x>"})
+	// logrotate moves the file away and creates a new one; SIGHUP reopens.
+	os.Rename(path, path+".1")
+	if err := a.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	a.Delivered(&AuditRecord{MessageID: "<3@x>"})
+	a.Close()
+
+	if n, bad, err := VerifyAuditFiles([]string{path + ".1", path}); err != nil || n != 3 {
+		t.Fatalf("rotated segments in order: n=%d %s %v", n, bad, err)
+	}
+	// Alone, the new segment cannot show where it starts.
+	if _, _, err := VerifyAuditFiles([]string{path}); err == nil || !strings.Contains(err.Error(), "rotated segment") {
+		t.Fatalf("new segment alone: %v", err)
+	}
+	// Out of order, the link breaks.
+	if _, bad, err := VerifyAuditFiles([]string{path, path + ".1"}); err == nil || bad != path {
+		t.Fatalf("segments out of order: %s %v", bad, err)
+	}
+}

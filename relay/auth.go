@@ -141,6 +141,12 @@ func (a *authenticator) setUsers(users map[string]*User) {
 	a.ok = map[[32]byte]time.Time{}
 }
 
+func (a *authenticator) setMaxFails(n int) {
+	a.mu.Lock()
+	a.maxFails = n
+	a.mu.Unlock()
+}
+
 // blocked tells whether src has failed too often recently.
 func (a *authenticator) blocked(src netip.Addr) bool {
 	a.mu.Lock()

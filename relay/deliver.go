@@ -87,7 +87,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 		// The decision names every recipient of the group, retried or not,
 		// so that a retry produces the same bytes as the first attempt.
 		d := rewrite.Decision{Action: g.action(enforced), Recipients: addrs(g.rcpts)}
-		reply, rep, dk, err := r.send(ctx, g, received, msg, d)
+		reply, rep, dk, err := r.send(ctx, tx.conf, g, received, msg, d)
 		if rep != nil {
 			report = rep
 		}
@@ -151,10 +151,10 @@ func (r *Relay) reopen(ctx context.Context, tx *transaction, g *group, pending [
 // the rewritten message. When DKIM is involved the copy must be complete
 // before it goes out (a signature covers the whole body, and a signature
 // our rewrite broke must be removed from the header), so it is built first.
-func (r *Relay) send(ctx context.Context, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, string, error) {
+func (r *Relay) send(ctx context.Context, conf *live, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, string, error) {
 	start := time.Now()
 	defer func() { r.metrics.upstreamSeconds.Observe(time.Since(start).Seconds()) }()
-	signer := r.dkim[fromDomain(msg.header)]
+	signer := conf.dkim[fromDomain(msg.header)]
 	hasSig := len(msg.header["Dkim-Signature"]) > 0
 	if signer == nil && !hasSig {
 		var report *rewrite.Report
@@ -203,7 +203,7 @@ func (r *Relay) send(ctx context.Context, g *group, received []byte, msg *messag
 	body := func() io.Reader { return buf.Reader() }
 	if hasSig {
 		status = dkimKept
-		if changed && r.cfg.DKIMExisting == "remove" {
+		if changed && conf.cfg.DKIMExisting == "remove" {
 			// The app's signature no longer matches the body; leaving it
 			// would make receivers treat the mail as tampered with.
 			body = func() io.Reader { return withoutFields(buf.Reader(), "DKIM-Signature") }
@@ -352,7 +352,7 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rew
 		RelayVersion: r.deps.Version,
 		RulesVersion: r.deps.Rewriter.RulesVersion(),
 		SenderDomain: domainOf(tx.from),
-		DryRun:       r.cfg.DryRun,
+		DryRun:       tx.conf.cfg.DryRun,
 		DKIM:         dkimStatus,
 		DurationMS:   time.Since(tx.start).Milliseconds(),
 		RelayID:      relayID,
@@ -364,7 +364,7 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rew
 		if rc.consent != string(consent.Granted) {
 			ar.Action = wouldEnforce
 		}
-		if r.cfg.AuditPlaintext {
+		if tx.conf.cfg.AuditPlaintext {
 			ar.Address = rc.addr
 		}
 		switch {
@@ -421,7 +421,7 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rew
 	r.log.Info("message",
 		"relay_id", relayID, "tenant", tx.tenant, "outcome", rec.Outcome,
 		"recipients", len(tx.rcpts), "kept", len(tx.keep.rcpts), "enforced", len(tx.enforce.rcpts),
-		"trackers", len(rec.Trackers), "dry_run", r.cfg.DryRun,
+		"trackers", len(rec.Trackers), "dry_run", tx.conf.cfg.DryRun,
 		"upstream", rec.Upstream.Code, "queue_id", rec.Upstream.QueueID, "duration_ms", rec.DurationMS)
 }
 

@@ -216,9 +216,10 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	if t.IsZero() {
 		return c.Conn.SetReadDeadline(t)
 	}
-	d := c.r.cfg.IdleTimeout
+	conf := c.r.conf().cfg
+	d := conf.IdleTimeout
 	if s := c.sess.Load(); s != nil && s.inTransaction() {
-		d = c.r.cfg.CommandTimeout
+		d = conf.CommandTimeout
 	}
 	return c.Conn.SetReadDeadline(time.Now().Add(d))
 }

@@ -57,14 +57,13 @@ type Relay struct {
 	cfg   Config
 	deps  Deps
 	log   *slog.Logger
-	allow []netip.Prefix
 	spool spooler
 
 	metrics  *metrics
 	conns    *conns
-	dkim     map[string]*dkimSigner // by From domain
-	certs    *certStore             // nil without tls_cert
-	auth     *authenticator         // nil without users
+	live     atomic.Pointer[live]
+	certs    *certStore     // nil without tls_cert
+	auth     *authenticator // nil without users
 	draining atomic.Bool
 
 	mu        sync.Mutex
@@ -89,12 +88,10 @@ func New(cfg Config, deps Deps) (*Relay, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
-	allow, _ := ParseNets(cfg.AllowNet)
 	r := &Relay{
-		cfg:   cfg,
-		deps:  deps,
-		log:   deps.Logger,
-		allow: allow,
+		cfg:  cfg,
+		deps: deps,
+		log:  deps.Logger,
 		spool: spooler{
 			memLimit:  cfg.SpoolMemory,
 			dir:       cfg.SpoolDir,
@@ -104,10 +101,11 @@ func New(cfg Config, deps Deps) (*Relay, error) {
 		metrics: newMetrics(deps.Registry),
 		conns:   newConns(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
 	}
-	var err error
-	if r.dkim, err = loadDKIMKeys(cfg.DKIM); err != nil {
+	l, err := newLive(cfg)
+	if err != nil {
 		return nil, err
 	}
+	r.live.Store(l)
 	if cfg.TLSCert != "" {
 		certs, err := loadCertStore(cfg.TLSCert, cfg.TLSKey)
 		if err != nil {
@@ -125,25 +123,38 @@ func New(cfg Config, deps Deps) (*Relay, error) {
 	return r, nil
 }
 
-// Reload re-reads the TLS certificate and the users file, for SIGHUP. On
-// error the previous ones stay in force.
-func (r *Relay) Reload() error {
+// reloadFiles re-reads the TLS certificate, the users file and the
+// authenticator's limits. On error the previous ones stay in force.
+func (r *Relay) reloadFiles(cfg Config) error {
 	var errs []error
 	if r.certs != nil {
+		if cfg.TLSCert != r.certs.certFile || cfg.TLSKey != r.certs.keyFile {
+			c, err := loadCertStore(cfg.TLSCert, cfg.TLSKey)
+			if err != nil {
+				errs = append(errs, err)
+			} else {
+				r.certs.certFile, r.certs.keyFile = c.certFile, c.keyFile
+			}
+		}
 		if err := r.certs.Reload(); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if r.auth != nil {
-		users, err := LoadUsers(r.cfg.Users)
+		users, err := LoadUsers(cfg.Users)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("users: %w", err))
 		} else {
 			r.auth.setUsers(users)
+			r.auth.setMaxFails(cfg.AuthMaxFailures)
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// Reload re-reads the TLS certificate and the users file of the running
+// configuration.
+func (r *Relay) Reload() error { return r.reloadFiles(r.conf().cfg) }
 
 // Start binds every configured listener and serves them in the
 // background. It returns once all are bound, so the caller can report
@@ -335,7 +346,7 @@ func (r *Relay) mayRelay(s *session) bool {
 	if s.user != "" {
 		return true
 	}
-	for _, p := range r.allow {
+	for _, p := range r.conf().allow {
 		if p.Contains(s.remote) {
 			return true
 		}
@@ -345,10 +356,11 @@ func (r *Relay) mayRelay(s *session) bool {
 
 // tenantFor maps a message to the controller whose consent applies.
 func (r *Relay) tenantFor(user, from string) string {
-	if t, ok := r.cfg.Tenants.Users[user]; ok && user != "" {
+	tm := r.conf().cfg.Tenants
+	if t, ok := tm.Users[user]; ok && user != "" {
 		return t
 	}
-	if t, ok := r.cfg.Tenants.SenderDomains[domainOf(from)]; ok {
+	if t, ok := tm.SenderDomains[domainOf(from)]; ok {
 		return t
 	}
 	return consent.DefaultTenant

@@ -52,6 +52,9 @@ var errShuttingDown = reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting d
 
 // transaction is the plan for one message: who gets which copy.
 type transaction struct {
+	// conf is the configuration the whole transaction runs under, even
+	// if SIGHUP installs another one meanwhile.
+	conf     *live
 	start    time.Time
 	from     string // as the client gave it (go-smtp unquotes local parts)
 	wireFrom string // re-quoted for the upstream
@@ -113,6 +116,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		wire = quoteAddress(from)
 	}
 	s.tx = &transaction{
+		conf:     s.r.conf(),
 		start:    time.Now(),
 		from:     from,
 		wireFrom: wire,
@@ -144,7 +148,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	// Fail closed: only an explicit grant keeps the trackers. Dry-run
 	// forwards the original to everyone and only records the decision.
 	g := tx.enforce
-	if rc.consent == string(consent.Granted) || s.r.cfg.DryRun {
+	if rc.consent == string(consent.Granted) || tx.conf.cfg.DryRun {
 		g = tx.keep
 	}
 	if err := s.proxyRcpt(ctx, tx, g, rc); err != nil {
@@ -227,7 +231,7 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 // session (and its upstream transactions) forever.
 func (s *session) setDataDeadline() {
 	if s.raw != nil {
-		s.raw.Conn.SetReadDeadline(time.Now().Add(s.r.cfg.DataTimeout))
+		s.raw.Conn.SetReadDeadline(time.Now().Add(s.r.conf().cfg.DataTimeout))
 	}
 }
 

@@ -57,8 +57,8 @@ func runServe(env *cmdEnv, args []string) int {
 		printConfigErrors(env.stderr, err)
 		return 1
 	}
-	logger := newLogger(env.stderr, cfg.LogFormat, cfg.LogLevel)
-	if err := serve(loader, cfg, logger); err != nil {
+	logger, level := newLogger(env.stderr, cfg.LogFormat, cfg.LogLevel)
+	if err := serve(loader, cfg, logger, level); err != nil {
 		logger.Error("pixelrelay stopped", "err", err)
 		return 1
 	}
@@ -72,23 +72,27 @@ func printConfigErrors(w io.Writer, err error) {
 	}
 }
 
-func newLogger(w io.Writer, format, level string) *slog.Logger {
-	var lv slog.Level
+func parseLevel(level string) slog.Level {
 	switch strings.ToLower(level) {
 	case "debug":
-		lv = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn", "warning":
-		lv = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		lv = slog.LevelError
-	default:
-		lv = slog.LevelInfo
+		return slog.LevelError
 	}
+	return slog.LevelInfo
+}
+
+// newLogger returns the operational logger and the level SIGHUP adjusts.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar) {
+	lv := new(slog.LevelVar)
+	lv.Set(parseLevel(level))
 	opts := &slog.HandlerOptions{Level: lv}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), lv
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), lv
 }
 
 // swappableRewriter lets SIGHUP replace the rules under running sessions:
@@ -121,7 +125,7 @@ func newEngine(cfg relay.Config) (*rewrite.Engine, error) {
 	return rewrite.New(opts)
 }
 
-func serve(loader *configLoader, cfg relay.Config, log *slog.Logger) error {
+func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog.LevelVar) error {
 	log.Info("pixelrelay starting", append([]any{"version", version}, describeConfig(cfg)...)...)
 
 	store, err := consent.Open(cfg.DB, consent.Options{Purposes: cfg.Purposes, IgnorePlusTag: cfg.IgnorePlusTag, LockTimeout: 200 * time.Millisecond})
@@ -196,7 +200,7 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger) error {
 	defer signal.Stop(sigs)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(loader, cfg, rl, rewriter, log)
+			reload(loader, rl, rewriter, audit, level, log)
 			continue
 		}
 		log.Info("draining", "signal", sig.String(), "deadline", cfg.DrainTimeout)
@@ -218,8 +222,9 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger) error {
 }
 
 // reload applies SIGHUP: a configuration with any problem is rejected as a
-// whole (every problem logged) and the running one stays in force.
-func reload(loader *configLoader, running relay.Config, rl *relay.Relay, rw *swappableRewriter, log *slog.Logger) {
+// whole (every problem logged) and the running one stays in force. Keys
+// that need a restart keep their running values, and the log says which.
+func reload(loader *configLoader, rl *relay.Relay, rw *swappableRewriter, audit *relay.AuditLog, level *slog.LevelVar, log *slog.Logger) {
 	cfg, err := loader.load()
 	if err != nil {
 		log.Error("SIGHUP: new configuration rejected; the running one stays in force", "problems", strings.Split(err.Error(), "\n"))
@@ -227,15 +232,23 @@ func reload(loader *configLoader, running relay.Config, rl *relay.Relay, rw *swa
 	}
 	engine, err := newEngine(cfg)
 	if err != nil {
-		log.Error("SIGHUP: tracker rules rejected; the running ones stay in force", "err", err)
+		log.Error("SIGHUP: tracker rules rejected; the running configuration stays in force", "err", err)
 		return
 	}
-	if err := rl.Reload(); err != nil {
-		log.Error("SIGHUP: TLS certificate or users file rejected; the running ones stay in force", "err", err)
+	restart, err := rl.Apply(cfg)
+	if err != nil {
+		log.Error("SIGHUP: new configuration rejected; the running one stays in force", "err", err)
 		return
 	}
 	rw.cur.Store(engine)
-	log.Info("SIGHUP: reloaded tracker rules, users and TLS certificate", "rules_version", engine.RulesVersion())
+	level.Set(parseLevel(cfg.LogLevel))
+	if err := audit.Reopen(); err != nil {
+		log.Error("SIGHUP: could not reopen the audit log; still writing the old file", "err", err)
+	}
+	if len(restart) > 0 {
+		log.Warn("SIGHUP: these keys changed but need a restart; their running values stay", "keys", restart)
+	}
+	log.Info("SIGHUP: configuration reloaded", "rules_version", engine.RulesVersion(), "dry_run", cfg.DryRun, "action", cfg.Action)
 }
 
 // adminMux is the loopback admin API: health without a token, everything

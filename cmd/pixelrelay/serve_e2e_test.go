@@ -10,11 +10,13 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -267,4 +269,97 @@ func selfSigned(t *testing.T, dir string) (string, string) {
 	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return cert, keyFile
+}
+
+func TestE2ESIGHUPReload(t *testing.T) {
+	up := relaytest.NewUpstream(t)
+	cfgPath := filepath.Join(t.TempDir(), "pixelrelay.yaml")
+	os.WriteFile(cfgPath, []byte("dry_run: false\n"), 0o600)
+	s := startServe(t, "--upstream", "smtp://"+up.Addr(), "--config", cfgPath)
+
+	// A broken file is rejected as a whole; the relay keeps serving.
+	os.WriteFile(cfgPath, []byte("listen: [this is not\n"), 0o600)
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, s, "new configuration rejected")
+	if st, _ := s.api("GET", "/healthz", nil); st != 200 {
+		t.Fatalf("/healthz after a broken reload: %d", st)
+	}
+	if out := send(t, s.smtp, "plain", "", "", []string{"alice@example.fr"}, newsletter); out != "ok []" {
+		t.Fatalf("after a broken reload: %s", out)
+	}
+	if bytes.Contains(qpDecoded(up.MessageFor("alice@example.fr").Data), []byte(trackerURL)) {
+		t.Error("the broken reload changed the policy")
+	}
+
+	// A valid one takes effect for the next message.
+	os.WriteFile(cfgPath, []byte("dry_run: true\n"), 0o600)
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, s, "configuration reloaded")
+	if out := send(t, s.smtp, "plain", "", "", []string{"carol@example.org"}, newsletter); out != "ok []" {
+		t.Fatalf("after reload: %s", out)
+	}
+	if !bytes.Contains(qpDecoded(up.MessageFor("carol@example.org").Data), []byte(trackerURL)) {
+		t.Error("after reloading dry_run: true, the message was still rewritten")
+	}
+}
+
+func waitLog(t *testing.T, s *served, text string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Contains(s.out.String(), text) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("serve never logged %q:\n%s", text, s.out.String())
+}
+
+func TestE2EHealthReadinessMetrics(t *testing.T) {
+	up := relaytest.NewUpstream(t)
+	s := startServe(t, "--upstream", "smtp://"+up.Addr(), "--upstream-connect-timeout", "1s")
+	for _, p := range []string{"/healthz", "/readyz"} {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", s.http, p), nil)
+		resp, err := http.DefaultClient.Do(req) // no token: health is public
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", p, err, resp)
+		}
+		resp.Body.Close()
+	}
+	if st, _ := s.api("GET", "/metrics", nil); st != 200 {
+		t.Fatalf("/metrics with the token: %d", st)
+	}
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/metrics", s.http), nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("/metrics without a token: %v %v", err, resp)
+	}
+
+	s.consent("bob@example.com", "granted")
+	if out := send(t, s.smtp, "plain", "", "", []string{"alice@example.fr", "bob@example.com"}, newsletter); out != "ok []" {
+		t.Fatal(out)
+	}
+	_, body := s.api("GET", "/metrics", nil)
+	for _, want := range []string{
+		`pixelrelay_messages_total{outcome="delivered"} 1`,
+		`pixelrelay_recipients_total{action="strip",consent="unknown"} 1`,
+		`pixelrelay_recipients_total{action="keep",consent="granted"} 1`,
+		`pixelrelay_trackers_total{action="strip",vendor="Mailchimp"} 1`,
+		`pixelrelay_consent_lookups_total{result="ok"} 2`,
+		`pixelrelay_db_size_bytes`,
+	} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if bytes.Contains(body, []byte("@")) {
+		t.Error("a metric carries an address")
+	}
+
+	// Readiness follows the upstream.
+	up.Down()
+	req, _ = http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/readyz", s.http), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 503 {
+		t.Fatalf("/readyz with the upstream down: %v %v", err, resp)
+	}
 }
