@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/pixelrelay/pixelrelay/report"
 	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
@@ -89,16 +90,12 @@ func runScan(env *cmdEnv, args []string) int {
 	var rcpts stringList
 	fs.Var(&rcpts, "recipient", "the recipient's address, which enables the recipient-identifier signal (repeatable)")
 	rulesPath := fs.String("rules", "", "extra tracker rules file, layered over the built-in rules")
-	htmlOut := fs.String("html", "", "write an HTML audit report to FILE (not available in this build yet)")
+	htmlOut := fs.String("html", "", "also write a self-contained HTML audit report to FILE (- for stdout)")
 	paths, err := parseInterspersed(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
-		return 1
-	}
-	if *htmlOut != "" {
-		fmt.Fprintln(env.stderr, "pixelrelay scan: --html is not available in this build yet; use --json or the table")
 		return 1
 	}
 	if len(paths) == 0 {
@@ -111,7 +108,25 @@ func runScan(env *cmdEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "pixelrelay scan: %v\n", err)
 		return 1
 	}
-	out := bufio.NewWriterSize(env.stdout, 64<<10)
+	var htmlSum *report.Summary
+	if *htmlOut != "" {
+		if *htmlOut == "-" && !*asJSON {
+			// The table and the page would be interleaved on stdout.
+			fmt.Fprintln(env.stderr, "pixelrelay scan: --html - writes the report to stdout; add --json to send the findings elsewhere, or name a file")
+			return 1
+		}
+		if err := checkNotInput(*htmlOut, paths); err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay scan: %v\n", err)
+			return 1
+		}
+		htmlSum = report.NewSummary()
+		htmlSum.AddSource("scan of " + strings.Join(paths, ", "))
+	}
+	stdout := env.stdout
+	if *htmlOut == "-" {
+		stdout = io.Discard
+	}
+	out := bufio.NewWriterSize(stdout, 64<<10)
 	var sink scanSink
 	if *asJSON {
 		sink = &jsonSink{w: out}
@@ -125,6 +140,9 @@ func runScan(env *cmdEnv, args []string) int {
 	failed := false
 	emit := func(r scanResult) {
 		sum.add(r)
+		if htmlSum != nil {
+			htmlSum.AddScan(report.ScanResult{Source: r.Source, MessageID: r.MessageID, Trackers: r.Trackers, Problems: r.Problems, Err: r.Err})
+		}
 		if r.Err != nil {
 			fmt.Fprintf(env.stderr, "pixelrelay scan: %s: %v\n", r.Source, r.Err)
 		}
@@ -144,6 +162,12 @@ func runScan(env *cmdEnv, args []string) int {
 	if err := out.Flush(); err != nil && !failed {
 		failed = true
 		fmt.Fprintf(env.stderr, "pixelrelay scan: writing output: %v\n", err)
+	}
+	if htmlSum != nil {
+		if err := writeReport(*htmlOut, env.stdout, htmlSum, report.Options{Generated: time.Now(), Version: version}); err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay scan: writing the HTML report: %v\n", err)
+			return 2
+		}
 	}
 	if sum.Unreadable > 0 || failed {
 		return 2
