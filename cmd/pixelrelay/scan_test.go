@@ -141,7 +141,7 @@ func TestScanUnreadable(t *testing.T) {
 }
 
 func TestScanUsage(t *testing.T) {
-	for _, args := range [][]string{{"scan"}, {"scan", "--bogus", "x"}, {"scan", "--html", "r.html", "x"}} {
+	for _, args := range [][]string{{"scan"}, {"scan", "--bogus", "x"}} {
 		if code, _, _ := pxInvoke(t, nil, args...); code != 1 {
 			t.Errorf("%v: exit %d, want 1", args, code)
 		}
