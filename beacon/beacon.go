@@ -115,10 +115,13 @@ type Beacons struct {
 	keys       atomic.Pointer[keyring]
 	metrics    *metrics
 
-	// mu guards the map; the load path holds it shared while it adds, so
-	// that eviction (exclusive) never drops an increment.
-	mu      sync.RWMutex
-	entries map[string]*entry
+	// entries is an immutable map, replaced whole (copy on write, under
+	// mu) when an entry is added or evicted. The load path reads it without
+	// a lock: a shared lock's counter is one more cache line that every
+	// core writes on every load.
+	mu         sync.Mutex
+	entries    atomic.Pointer[map[string]*entry]
+	evictAfter int
 
 	// flushMu serialises flushes, decisions and statistics, so that each
 	// sees stored plus pending counts exactly once.
@@ -131,7 +134,9 @@ type Beacons struct {
 
 // entry is the in-memory side of one (tenant, campaign, day) counter.
 type entry struct {
-	key   string // counter key in the database
+	key string // counter key in the database
+	// loads is pending; evict sets deadLoads (only while it is 0), and a
+	// load that finds the bit set goes to the entry that replaced this one.
 	loads atomic.Uint64
 	// The rest is guarded by flushMu.
 	recipients, beaconRecipients uint64 // pending
@@ -143,6 +148,9 @@ type entry struct {
 // evictAfter is how many idle flushes an entry survives. Evicting costs
 // only a database read when the campaign comes back.
 const evictAfter = 120
+
+// deadLoads marks an evicted entry's load counter.
+const deadLoads = 1 << 63
 
 // Open returns a Beacons that keeps its counters and keys in db, which
 // must be writable. On first use it creates the signing key. Call Close
@@ -176,11 +184,12 @@ func Open(db *bbolt.DB, opts Options) (*Beacons, error) {
 		opts:       opts,
 		maxAgeDays: uint32((opts.MaxAge + 24*time.Hour - 1) / (24 * time.Hour)),
 		metrics:    m,
-		entries:    map[string]*entry{},
+		evictAfter: evictAfter,
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 	}
 	b.keys.Store(kr)
+	b.entries.Store(&map[string]*entry{})
 	go b.flusher()
 	return b, nil
 }
@@ -231,8 +240,9 @@ func (b *Beacons) flushLocked() error {
 	}
 	var batch []pending
 	deltas := map[string]counts{}
-	b.mu.RLock()
-	for _, e := range b.entries {
+	// No eviction runs concurrently (it is part of this function), so no
+	// entry in the map is dead and Swap cannot clear a dead mark.
+	for _, e := range *b.entries.Load() {
 		c := counts{recipients: e.recipients, beaconRecipients: e.beaconRecipients, loads: e.loads.Swap(0)}
 		if c.zero() {
 			e.idle++
@@ -244,7 +254,6 @@ func (b *Beacons) flushLocked() error {
 		d.add(c)
 		deltas[e.key] = d
 	}
-	b.mu.RUnlock()
 	if len(batch) > 0 {
 		if err := b.db.Update(func(tx *bbolt.Tx) error { return addCounts(tx, deltas) }); err != nil {
 			// Put the counts back: they go out with the next flush.
@@ -259,31 +268,62 @@ func (b *Beacons) flushLocked() error {
 			return fmt.Errorf("beacon: writing counters to %s: %w", b.path, err)
 		}
 	}
-	b.mu.Lock()
-	for k, e := range b.entries {
-		if e.idle >= evictAfter && e.loads.Load() == 0 && e.recipients == 0 && e.beaconRecipients == 0 {
-			delete(b.entries, k)
-		}
-	}
-	b.mu.Unlock()
+	b.evict()
 	return nil
 }
 
-// entryFor returns the entry for subject, creating it. Callers hold
-// flushMu.
-func (b *Beacons) entryFor(subject []byte) *entry {
-	b.mu.RLock()
-	e := b.entries[string(subject)]
-	b.mu.RUnlock()
-	if e != nil {
-		return e
-	}
+// evict drops entries idle for evictAfter flushes. An entry is dead once
+// its load counter moves from 0 to deadLoads, so a load racing with the
+// eviction either lands first (and the entry stays) or sees the mark and
+// moves on to a fresh entry: none is lost. Callers hold flushMu.
+func (b *Beacons) evict() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if e = b.entries[string(subject)]; e == nil {
-		e = newEntry(subject)
-		b.entries[string(subject)] = e
+	m := *b.entries.Load()
+	dead := 0
+	for _, e := range m {
+		if e.idle >= b.evictAfter && e.recipients == 0 && e.beaconRecipients == 0 && e.loads.CompareAndSwap(0, deadLoads) {
+			dead++
+		}
 	}
+	if dead == 0 {
+		return
+	}
+	live := make(map[string]*entry, len(m)-dead)
+	for k, e := range m {
+		if e.loads.Load()&deadLoads == 0 {
+			live[k] = e
+		}
+	}
+	b.entries.Store(&live)
+}
+
+// entryFor returns the live entry for subject, creating it. Callers hold
+// flushMu, so no eviction runs and the entry stays live while they use it.
+func (b *Beacons) entryFor(subject []byte) *entry {
+	if e := (*b.entries.Load())[string(subject)]; e != nil {
+		return e
+	}
+	return b.entryLocked(subject)
+}
+
+// entryLocked finds or adds the entry under mu. There the map is current:
+// an eviction marks entries dead and publishes the map without them in one
+// hold of mu, so no dead entry is found here.
+func (b *Beacons) entryLocked(subject []byte) *entry {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m := *b.entries.Load()
+	if e := m[string(subject)]; e != nil {
+		return e
+	}
+	e := newEntry(subject)
+	n := make(map[string]*entry, len(m)+1)
+	for k, v := range m {
+		n[k] = v
+	}
+	n[string(subject)] = e
+	b.entries.Store(&n)
 	return e
 }
 
@@ -292,24 +332,26 @@ func newEntry(subject []byte) *entry {
 	return &entry{key: string(counterKey(string(tenant), DayString(dayTime(day)), string(campaign)))}
 }
 
-// countLoad adds one load. It holds mu shared across the add so that an
-// eviction cannot drop the entry in between.
+// countLoad adds one load without taking a lock, unless the campaign-day
+// is new to memory or its entry is being evicted.
 func (b *Beacons) countLoad(subject []byte) {
-	b.mu.RLock()
-	if e := b.entries[string(subject)]; e != nil {
-		e.loads.Add(1)
-		b.mu.RUnlock()
-		return
+	b.countLoadFrom((*b.entries.Load())[string(subject)], subject)
+}
+
+// countLoadFrom counts a load on e, the entry a lookup found for subject
+// (nil if none), which may have been evicted since.
+func (b *Beacons) countLoadFrom(e *entry, subject []byte) {
+	for {
+		if e == nil {
+			e = b.entryLocked(subject)
+		}
+		if e.loads.Add(1)&deadLoads == 0 {
+			return
+		}
+		// Evicted between the lookup and the add: that add went to a
+		// counter nobody reads; wait on mu for the new map and count again.
+		e = nil
 	}
-	b.mu.RUnlock()
-	b.mu.Lock()
-	e := b.entries[string(subject)]
-	if e == nil {
-		e = newEntry(subject)
-		b.entries[string(subject)] = e
-	}
-	e.loads.Add(1)
-	b.mu.Unlock()
 }
 
 func checkPair(tenant, campaign string) error {
@@ -434,8 +476,7 @@ func (b *Beacons) Stats(ctx context.Context, f Filter) ([]Stat, error) {
 	if err := b.db.View(func(tx *bbolt.Tx) error { return scanStats(tx, f, acc) }); err != nil {
 		return nil, fmt.Errorf("beacon: reading statistics from %s: %w", b.path, err)
 	}
-	b.mu.RLock()
-	for _, e := range b.entries {
+	for _, e := range *b.entries.Load() {
 		p := counts{recipients: e.recipients, beaconRecipients: e.beaconRecipients, loads: e.loads.Load()}
 		if p.zero() {
 			continue
@@ -448,7 +489,6 @@ func (b *Beacons) Stats(ctx context.Context, f Filter) ([]Stat, error) {
 		c.add(p)
 		acc[e.key] = c
 	}
-	b.mu.RUnlock()
 	return sortedStats(acc), nil
 }
 

@@ -304,10 +304,7 @@ func TestMinBatchSurvivesEviction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b.mu.RLock()
-	n := len(b.entries)
-	b.mu.RUnlock()
-	if n != 0 {
+	if n := len(*b.entries.Load()); n != 0 {
 		t.Fatalf("%d idle entries still in memory after %d flushes", n, evictAfter+2)
 	}
 	if _, ok := mustDecide(t, b, "default", "c", 1, t0); !ok {
@@ -652,11 +649,9 @@ func TestFlushFailureKeepsCounts(t *testing.T) {
 		t.Fatal("second Flush on a closed database succeeded")
 	}
 	var pending counts
-	b.mu.RLock()
-	for _, e := range b.entries {
+	for _, e := range *b.entries.Load() {
 		pending.add(counts{e.recipients, e.beaconRecipients, e.loads.Load()})
 	}
-	b.mu.RUnlock()
 	if pending != (counts{4, 4, 7}) {
 		t.Fatalf("after two failed flushes the pending counts are %+v, want 4 recipients, 4 beaconed, 7 loads", pending)
 	}

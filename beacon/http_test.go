@@ -524,3 +524,82 @@ func doJSON(t *testing.T, u, token, body string) (int, string) {
 	data, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(data)
 }
+
+// TestNoLoadLostToEviction evicts every idle entry at every flush while
+// loads keep arriving, so loads race with evictions of their own entry.
+func TestNoLoadLostToEviction(t *testing.T) {
+	db, _ := testDB(t)
+	b := open(t, db, newClock(t0), Options{MinBatch: 1})
+	b.evictAfter = 0
+	h := b.PublicHandler()
+	paths := []string{
+		pathOf(t, mustURL(t, b, "default", "a", t0)),
+		pathOf(t, mustURL(t, b, "default", "b", t0)),
+	}
+	stop := make(chan struct{})
+	flushed := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				flushed <- n
+				return
+			default:
+				if err := b.Flush(); err != nil {
+					t.Error(err)
+				}
+				n++
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				if rec := get(h, http.MethodGet, paths[i%2]); rec.Code != 200 {
+					t.Errorf("load answered %d", rec.Code)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	if n := <-flushed; n < 10 {
+		t.Logf("only %d flushes ran during the loads", n)
+	}
+	s, err := b.Stats(context.Background(), Filter{})
+	if err != nil || len(s) != 2 || s[0].Loads != 8000 || s[1].Loads != 8000 {
+		t.Fatalf("stats = %+v, %v; want 8000 loads for each campaign", s, err)
+	}
+}
+
+// TestLoadOnEvictedEntry plays the race above step by step: a load looks up
+// its entry, the flush evicts that entry, then the load adds.
+func TestLoadOnEvictedEntry(t *testing.T) {
+	db, _ := testDB(t)
+	b := open(t, db, newClock(t0), Options{MinBatch: 1})
+	b.evictAfter = 0
+	u := mustURL(t, b, "default", "c", t0)
+	get(b.PublicHandler(), http.MethodGet, pathOf(t, u)) // creates the entry
+	subject := appendSubject(nil, "default", "c", epochDay(t0))
+	looked := (*b.entries.Load())[string(subject)]
+	if looked == nil {
+		t.Fatal("no entry after a load")
+	}
+	// The flush stores the first load; with evictAfter 0 the entry, now
+	// without pending counts, is evicted at once.
+	if err := b.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if (*b.entries.Load())[string(subject)] != nil {
+		t.Fatal("the idle entry was not evicted")
+	}
+	b.countLoadFrom(looked, subject)
+	if n := loadsOf(t, b); n != 2 {
+		t.Fatalf("loads = %d, want 2: the load that raced the eviction was lost", n)
+	}
+}

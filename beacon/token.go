@@ -80,7 +80,7 @@ func ParseDay(s string) (time.Time, error) {
 // ErrInvalidKey reports a tenant or campaign key that cannot be put in a
 // beacon: empty, longer than MaxKeyLen bytes, not UTF-8, or holding control
 // characters (they would corrupt tables and the counter key).
-var ErrInvalidKey = errors.New("invalid tenant or campaign key")
+var ErrInvalidKey = errors.New("beacon: invalid tenant or campaign key")
 
 func checkKey(what, s string) error {
 	switch {
