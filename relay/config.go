@@ -41,9 +41,11 @@ type Config struct {
 	BeaconListen string `yaml:"beacon_listen" doc:"public listener that serves only /b/ beacons"`
 	BeaconBase   string `yaml:"beacon_base" doc:"public URL of the beacon listener, as recipients' mail clients reach it"`
 
-	Action         string `yaml:"action" doc:"what non-consenting recipients get: strip or beacon"`
-	BeaconMinBatch int    `yaml:"beacon_min_batch" doc:"non-consenting recipients a campaign needs per day before it gets beacons"`
-	DryRun         bool   `yaml:"dry_run" doc:"forward every message unchanged and only record what would have been stripped"`
+	Action          string        `yaml:"action" doc:"what non-consenting recipients get: strip or beacon"`
+	BeaconMinBatch  int           `yaml:"beacon_min_batch" doc:"non-consenting recipients a campaign needs per day before it gets beacons"`
+	BeaconMaxAge    time.Duration `yaml:"beacon_max_age" doc:"how long a beacon URL keeps counting after its day"`
+	CampaignHeaders []string      `yaml:"campaign_headers" doc:"headers naming a message's campaign, first present wins; fallback: the sender domain"`
+	DryRun          bool          `yaml:"dry_run" doc:"forward every message unchanged and only record what would have been stripped"`
 
 	AuditLog       string `yaml:"audit_log" doc:"append-only JSON-lines audit log file, or - for stdout"`
 	AuditPlaintext bool   `yaml:"audit_plaintext" doc:"also write plaintext recipient addresses into the audit log"`
@@ -112,6 +114,8 @@ func DefaultConfig() Config {
 		HTTP:                   "127.0.0.1:8025",
 		Action:                 "strip",
 		BeaconMinBatch:         50,
+		BeaconMaxAge:           90 * 24 * time.Hour,
+		CampaignHeaders:        []string{"X-Campaign-Id", "List-Id", "X-Mailgun-Campaign-Id", "X-SES-CONFIGURATION-SET"},
 		AuditLog:               "audit.jsonl",
 		AllowNet:               []string{"127.0.0.0/8", "::1/128"},
 		AuthMaxFailures:        5,
@@ -227,6 +231,17 @@ func (c *Config) Validate() error {
 	}
 	if c.BeaconMinBatch < 1 {
 		bad("beacon_min_batch", "must be at least 1")
+	}
+	if c.BeaconMaxAge < 24*time.Hour {
+		bad("beacon_max_age", "must be at least a day (24h); a beacon carries a day, not a time")
+	}
+	if c.BeaconListen != "" && c.BeaconBase == "" {
+		bad("beacon_base", "is required with beacon_listen: it is the public URL recipients' mail clients use to reach that listener")
+	}
+	for _, h := range c.CampaignHeaders {
+		if h == "" || strings.ContainsAny(h, " :\t") {
+			bad("campaign_headers", "%q is not a header name", h)
+		}
 	}
 
 	if c.AuditLog == "" {

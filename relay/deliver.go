@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 
@@ -25,10 +26,6 @@ type outcome struct {
 	perRecipient map[*recipient]error
 }
 
-// DefaultCampaignHeaders name the campaign of a message, in order of
-// preference: the first one present wins.
-var DefaultCampaignHeaders = []string{"X-Campaign-Id", "List-Id", "X-Mailgun-Campaign-Id", "X-SES-CONFIGURATION-SET"}
-
 // deliver acts on the plan built at RCPT time: one copy per recipient group
 // (the original for those who consented, the enforced copy for the rest),
 // each handed to its own upstream transaction, then one audit record. It
@@ -36,8 +33,10 @@ var DefaultCampaignHeaders = []string{"X-Campaign-Id", "List-Id", "X-Mailgun-Cam
 func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	ctx := context.Background()
 	relayID := newID()
-	received := receivedHeader(s.helo, s.remote, r.cfg.Hostname, protocolName(s.lmtp, s.tls, s.user != ""), relayID, time.Now())
-	enforced := rewrite.Strip
+	now := time.Now()
+	received := receivedHeader(s.helo, s.remote, r.cfg.Hostname, protocolName(s.lmtp, s.tls, s.user != ""), relayID, now)
+	campaign := CampaignKey(msg.header, tx.conf.cfg.CampaignHeaders, tx.from)
+	enforced, beaconURL := r.enforcement(tx, campaign, now)
 
 	key := ""
 	var before map[string]bool
@@ -87,6 +86,9 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 		// The decision names every recipient of the group, retried or not,
 		// so that a retry produces the same bytes as the first attempt.
 		d := rewrite.Decision{Action: g.action(enforced), Recipients: addrs(g.rcpts)}
+		if d.Action == rewrite.Beacon {
+			d.BeaconURL = beaconURL
+		}
 		reply, rep, dk, err := r.send(ctx, tx.conf, g, received, msg, d)
 		if rep != nil {
 			report = rep
@@ -107,12 +109,12 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	}
 
 	if report == nil {
-		report = r.detect(tx, msg)
+		report = r.detect(tx, msg, enforced)
 	}
 	problems = append(problems, report.Problems...)
 
 	out := r.settle(s, tx, msg, key, replies)
-	r.audit(tx, msg, relayID, report, replies, problems, dkimStatus, out)
+	r.audit(tx, msg, relayID, campaign, enforced, report, replies, problems, dkimStatus, out)
 	return out
 }
 
@@ -251,7 +253,7 @@ func dkimRank(s string) int {
 // detect runs the rewriter without changing anything, for the audit record
 // of a message no enforced copy was made of: all recipients consented, the
 // relay is in dry-run, or the enforced group failed before DATA.
-func (r *Relay) detect(tx *transaction, msg *message) *rewrite.Report {
+func (r *Relay) detect(tx *transaction, msg *message, enforced rewrite.Action) *rewrite.Report {
 	d := rewrite.Decision{Action: rewrite.Keep, Recipients: addrs(tx.rcpts)}
 	var would []*recipient
 	for _, rc := range tx.rcpts {
@@ -260,8 +262,13 @@ func (r *Relay) detect(tx *transaction, msg *message) *rewrite.Report {
 		}
 	}
 	if len(would) > 0 {
-		// What the non-consenting recipients' copy would have lost.
-		d = rewrite.Decision{Action: rewrite.Strip, Recipients: addrs(would)}
+		// What the non-consenting recipients' copy would have lost. A
+		// dry-run beacon is reported against a placeholder URL: the
+		// report names the trackers, and no URL is minted or counted.
+		d = rewrite.Decision{Action: enforced, Recipients: addrs(would)}
+		if enforced == rewrite.Beacon {
+			d.BeaconURL = "https://beacon.invalid/b/dry-run.gif"
+		}
 	}
 	rep, err := r.deps.Rewriter.Rewrite(io.Discard, msg.Reader(), d)
 	if err != nil {
@@ -343,11 +350,11 @@ func okReply(replies []Reply) *smtp.SMTPError {
 	return reply(250, smtp.EnhancedCode{2, 0, 0}, "OK: queued as "+strings.Join(ids, ","))
 }
 
-func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rewrite.Report, replies []Reply, problems []string, dkimStatus string, out *outcome) {
+func (r *Relay) audit(tx *transaction, msg *message, relayID, campaign string, enforced rewrite.Action, report *rewrite.Report, replies []Reply, problems []string, dkimStatus string, out *outcome) {
 	rec := &AuditRecord{
 		Time:         time.Now().UTC(),
 		MessageID:    strings.TrimSpace(msg.header.Get("Message-Id")),
-		Campaign:     campaignOf(msg.header, DefaultCampaignHeaders),
+		Campaign:     campaign,
 		Tenant:       tx.tenant,
 		RelayVersion: r.deps.Version,
 		RulesVersion: r.deps.Rewriter.RulesVersion(),
@@ -358,7 +365,7 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID string, report *rew
 		RelayID:      relayID,
 		Problems:     problems,
 	}
-	wouldEnforce := string(rewrite.Strip)
+	wouldEnforce := string(enforced)
 	for _, rc := range tx.rcpts {
 		ar := AuditRecipient{Pseudonym: rc.pseudonym, Consent: rc.consent, Action: string(rewrite.Keep)}
 		if rc.consent != string(consent.Granted) {
@@ -455,12 +462,67 @@ func pseudonyms(rcpts []*recipient) []string {
 	return out
 }
 
-// campaignOf returns the first campaign header present, trimmed.
-func campaignOf(h textproto.MIMEHeader, names []string) string {
+// CampaignKey names the campaign of a message: the first campaign header
+// present, else the envelope sender's domain (the beacon token adds the
+// day). It is made safe to put in a token: no control characters, valid
+// UTF-8, and a digest in place of an absurdly long value.
+func CampaignKey(h textproto.MIMEHeader, names []string, from string) string {
+	v := ""
 	for _, n := range names {
-		if v := strings.TrimSpace(h.Get(n)); v != "" {
-			return v
+		if v = strings.TrimSpace(h.Get(n)); v != "" {
+			break
 		}
 	}
-	return ""
+	if v == "" {
+		v = domainOf(from)
+	}
+	if v == "" {
+		v = "null-sender"
+	}
+	v = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(v, ""))
+	if len(v) > 200 {
+		sum := sha256.Sum256([]byte(v))
+		v = "sha256:" + hex.EncodeToString(sum[:16])
+	}
+	return v
+}
+
+// enforcement is what non-consenting recipients of this message get:
+// strip, or with action beacon, a beacon once the campaign has reached the
+// minimum batch for the day. Any trouble with beacons strips: that never
+// tracks anyone.
+func (r *Relay) enforcement(tx *transaction, campaign string, now time.Time) (rewrite.Action, string) {
+	if tx.conf.cfg.Action != "beacon" || r.deps.Beacons == nil {
+		return rewrite.Strip, ""
+	}
+	n := 0
+	for _, rc := range tx.rcpts {
+		if rc.consent != string(consent.Granted) {
+			n++
+		}
+	}
+	if n == 0 {
+		return rewrite.Strip, ""
+	}
+	if tx.conf.cfg.DryRun {
+		ok, err := r.deps.Beacons.Check(tx.tenant, campaign, n, now)
+		if err != nil || !ok {
+			return rewrite.Strip, ""
+		}
+		return rewrite.Beacon, ""
+	}
+	url, ok, err := r.deps.Beacons.Decide(tx.tenant, campaign, n, now)
+	if err != nil {
+		r.log.Warn("beacon decision failed; stripping", "tenant", tx.tenant, "err", err)
+		return rewrite.Strip, ""
+	}
+	if !ok {
+		return rewrite.Strip, ""
+	}
+	return rewrite.Beacon, url
 }

@@ -50,6 +50,18 @@ type Deps struct {
 	Version     string
 	// Registry receives the relay's metrics; nil keeps them private.
 	Registry prometheus.Registerer
+	// Beacons decides, per campaign, whether non-consenting copies get a
+	// delivery-only beacon (action: beacon). nil: they are stripped.
+	Beacons Beacons
+}
+
+// Beacons is what the relay needs from the beacon package.
+type Beacons interface {
+	// Decide adds recipients to the campaign's count for the day and
+	// returns the beacon URL once the count has reached the minimum batch.
+	Decide(tenant, campaign string, recipients int, now time.Time) (url string, ok bool, err error)
+	// Check is Decide without counting, for dry-run.
+	Check(tenant, campaign string, recipients int, now time.Time) (bool, error)
 }
 
 // Relay is the SMTP front end: a go-smtp Backend plus its listeners.

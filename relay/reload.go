@@ -20,7 +20,7 @@ type live struct {
 // Everything else (listeners, upstream, database, the go-smtp limits fixed
 // when a listener starts) needs one, and Apply says which.
 var reloadable = map[string]bool{
-	"dry_run": true, "action": true, "beacon_min_batch": true, "audit_plaintext": true,
+	"dry_run": true, "action": true, "audit_plaintext": true, "campaign_headers": true,
 	"allow_net": true, "tenants": true, "dkim": true, "dkim_existing": true,
 	"idle_timeout": true, "command_timeout": true, "data_timeout": true, "drain_timeout": true,
 	"users": true, "tls_cert": true, "tls_key": true, "rules": true, "log_level": true,

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/pixelrelay/pixelrelay/beacon"
+	"github.com/pixelrelay/pixelrelay/consent"
 )
 
 const beaconUsage = `usage: pixelrelay beacon stats [--json] [--campaign C] [--tenant T|*] [--from YYYY-MM-DD] [--to YYYY-MM-DD]
@@ -106,45 +107,24 @@ func (tgt beaconTarget) client(env *cmdEnv, name string) (*beacon.Client, bool) 
 	return &beacon.Client{Server: *tgt.server, Token: token}, true
 }
 
-// errDBInUse is the contract's message for a database a server holds.
-type errDBInUse string
-
-func (e errDBInUse) Error() string {
-	return fmt.Sprintf("database %s is in use by a running pixelrelay; use --server URL", string(e))
-}
-
-// openBeaconDB opens the database file for a command. It never creates a
-// file (a mistyped --db must not start an empty database) and never waits
-// for a server's lock.
-//
-// TODO(integrator): use the shared opener from dbopen.go once it exists.
-func openBeaconDB(path string, readOnly bool) (*bbolt.DB, error) {
+// openBeaconDB opens the database file for a beacon command through the
+// one opener every command uses: it never creates a file (a mistyped --db
+// must not start an empty database), never waits for a server's lock, and
+// reports a damaged file the same way. Close the returned store.
+func openBeaconDB(env *cmdEnv, path string, readOnly bool) (*consent.Store, error) {
 	if _, err := os.Stat(path); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("database %s does not exist; pass --db FILE, or --server URL for a running server", path)
 		}
 		return nil, fmt.Errorf("database %s: %w", path, err)
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 100 * time.Millisecond, ReadOnly: readOnly})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return nil, errDBInUse(path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("opening database %s: %w", path, err)
-	}
-	return db, nil
+	return openStore(env, storeTarget{Path: path}, readOnly)
 }
 
-// failDB reports a database error; the in-use message is printed exactly as
-// the contract pins it, without a prefix.
+// failDB reports a database error; the in-use message is printed exactly
+// as the contract pins it, without a prefix.
 func failDB(env *cmdEnv, name string, err error) int {
-	var inUse errDBInUse
-	if errors.As(err, &inUse) {
-		fmt.Fprintln(env.stderr, inUse.Error())
-	} else {
-		fmt.Fprintf(env.stderr, "pixelrelay beacon %s: %v\n", name, err)
-	}
-	return 1
+	return failDBErr(env.stderr, "beacon "+name, err)
 }
 
 func runBeaconStats(env *cmdEnv, args []string) int {
@@ -176,12 +156,12 @@ func runBeaconStats(env *cmdEnv, args []string) int {
 			return 1
 		}
 	} else {
-		db, err := openBeaconDB(*tgt.db, true)
+		st, err := openBeaconDB(env, *tgt.db, true)
 		if err != nil {
 			return failDB(env, "stats", err)
 		}
-		stats, err = beacon.ReadStats(db, f)
-		db.Close()
+		stats, err = beacon.ReadStats(st.DB(), f)
+		st.Close()
 		if err != nil {
 			return failDB(env, "stats", err)
 		}
@@ -263,12 +243,12 @@ func runBeaconKeys(env *cmdEnv, args []string) int {
 			return 1
 		}
 	} else {
-		db, err := openBeaconDB(*tgt.db, true)
+		st, err := openBeaconDB(env, *tgt.db, true)
 		if err != nil {
 			return failDB(env, "keys", err)
 		}
-		keys, err = beacon.ListKeys(db)
-		db.Close()
+		keys, err = beacon.ListKeys(st.DB())
+		st.Close()
 		if err != nil {
 			return failDB(env, "keys", err)
 		}
@@ -314,12 +294,12 @@ func runBeaconRotate(env *cmdEnv, args []string) int {
 			return 1
 		}
 	} else {
-		db, err := openBeaconDB(*tgt.db, false)
+		st, err := openBeaconDB(env, *tgt.db, false)
 		if err != nil {
 			return failDB(env, "rotate-key", err)
 		}
-		ki, err = beacon.RotateKey(db, beacon.RotateOptions{RevokeOld: *revoke})
-		if cerr := db.Close(); err == nil && cerr != nil {
+		ki, err = beacon.RotateKey(st.DB(), beacon.RotateOptions{RevokeOld: *revoke})
+		if cerr := st.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("closing %s: %w", *tgt.db, cerr)
 		}
 		if err != nil {

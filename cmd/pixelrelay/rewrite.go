@@ -2,16 +2,20 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/textproto"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/pixelrelay/pixelrelay/consent"
+	"github.com/pixelrelay/pixelrelay/relay"
 	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
@@ -22,6 +26,11 @@ Reads one RFC 5322 message on stdin and writes it to stdout with its
 open-tracking pixels stripped (--action strip, the default) or untouched
 (--action keep, for a dry run with --report). Headers, attachments and every
 part without a tracker are copied byte for byte; LF input gives LF output.
+
+--action beacon replaces the first tracker with a delivery-only campaign
+beacon (--beacon-base, --campaign) once the campaign has reached
+--beacon-min-batch recipients today, counted in the store (--db or --server);
+below that the trackers are stripped.
 
 --action auto looks the single --recipient's open_tracking consent up in the
 store (--db FILE, or --server URL with PIXELRELAY_API_TOKEN) and keeps the
@@ -43,7 +52,8 @@ func runRewrite(env *cmdEnv, args []string) int {
 	reportPath := fs.String("report", "", "write the findings as one JSON object to FILE (- for stderr)")
 	rulesPath := fs.String("rules", "", "extra tracker rules file, layered over the built-in rules")
 	beaconBase := fs.String("beacon-base", "", "base URL of the delivery-only beacon (with --action beacon)")
-	fs.String("campaign", "", "campaign name for beacons")
+	campaign := fs.String("campaign", "", "campaign key for the beacon (default: from the message's campaign headers, else the sender's domain)")
+	minBatch := fs.Int("beacon-min-batch", 50, "non-consenting recipients a campaign needs per day before it gets beacons")
 	store := addStoreFlags(fs)
 	pos, err := parseInterspersed(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -56,7 +66,11 @@ func runRewrite(env *cmdEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: unexpected argument %q; the message is read from stdin\n", pos[0])
 		return 1
 	}
-	var act rewrite.Action
+	var (
+		act       rewrite.Action
+		beaconURL string
+		src       io.Reader = env.stdin
+	)
 	switch *action {
 	case "strip":
 		act = rewrite.Strip
@@ -74,17 +88,29 @@ func runRewrite(env *cmdEnv, args []string) int {
 		}
 		act = autoAction(env, target, *tenant, rcpts[0])
 	case "beacon":
-		need := "--db or --server"
 		if *beaconBase == "" {
-			need += " and --beacon-base"
+			fmt.Fprintln(env.stderr, "pixelrelay rewrite: --action beacon needs --beacon-base URL, the public URL of the beacon listener")
+			return 1
 		}
-		fmt.Fprintf(env.stderr, "pixelrelay rewrite: --action beacon needs %s\n", need)
-		return 1
+		target, err := store.resolve(env)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", err)
+			return 1
+		}
+		// The campaign may come from the header, so the message is read
+		// first; a filter's message fits in memory like any MTA's does.
+		input, err := io.ReadAll(env.stdin)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", &rewrite.IOError{Op: "read", Err: err})
+			return 2
+		}
+		src = bytes.NewReader(input)
+		act, beaconURL = beaconAction(env, target, *tenant, *campaign, *beaconBase, *minBatch, len(rcpts), input)
 	default:
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: unknown --action %q; want strip, keep, beacon or auto\n", *action)
 		return 1
 	}
-	eng, err := newRewriteEngine(*rulesPath)
+	eng, err := newRewriteEngine(*rulesPath, *beaconBase)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", err)
 		return 1
@@ -106,7 +132,7 @@ func runRewrite(env *cmdEnv, args []string) int {
 		reportFile, reportW = f, f
 	}
 	out := bufio.NewWriterSize(env.stdout, 64<<10)
-	rep, err := eng.Rewrite(out, env.stdin, rewrite.Decision{Action: act, Recipients: rcpts})
+	rep, err := eng.Rewrite(out, src, rewrite.Decision{Action: act, Recipients: rcpts, BeaconURL: beaconURL})
 	if err == nil {
 		err = flushErr(out.Flush())
 	}
@@ -153,8 +179,14 @@ func flushErr(err error) error {
 
 // newRewriteEngine builds the engine shared by rewrite and scan: the
 // built-in rules, with a user rules file layered over them.
-func newRewriteEngine(rulesPath string) (*rewrite.Engine, error) {
+//
+// beaconBase, when set, is pixelrelay's own public beacon URL, which is
+// never a tracker: a second pass over a beaconed message keeps the beacon.
+func newRewriteEngine(rulesPath, beaconBase string) (*rewrite.Engine, error) {
 	opts := rewrite.Options{}
+	if beaconBase != "" {
+		opts.OwnURLPrefixes = []string{strings.TrimSuffix(beaconBase, "/") + "/b/"}
+	}
 	if rulesPath != "" {
 		f, err := os.Open(rulesPath)
 		if err != nil {
@@ -212,4 +244,43 @@ func autoAction(env *cmdEnv, target storeTarget, tenant, rcpt string) rewrite.Ac
 		return rewrite.Keep
 	}
 	return rewrite.Strip
+}
+
+// beaconAction decides a filter run's beacon: the campaign's count for the
+// day goes up by this message's recipients (at least one), and below the
+// minimum batch, or on any error, the trackers are stripped instead.
+func beaconAction(env *cmdEnv, target storeTarget, tenant, campaign, base string, minBatch, rcpts int, msg []byte) (rewrite.Action, string) {
+	if campaign == "" {
+		h, _ := textproto.NewReader(bufio.NewReader(bytes.NewReader(msg))).ReadMIMEHeader()
+		campaign = relay.CampaignKey(h, relay.DefaultConfig().CampaignHeaders, "")
+	}
+	var (
+		d    beaconDecider
+		done func() error
+		err  error
+		st   *consent.Store
+	)
+	if target.Remote() {
+		d, done, err = newBeaconDecider(env, nil, target.Server, base, minBatch)
+	} else if st, err = openStore(env, target, false); err == nil {
+		defer st.Close()
+		d, done, err = newBeaconDecider(env, st.DB(), "", base, minBatch)
+	}
+	if err != nil {
+		fmt.Fprintf(env.stderr, "pixelrelay rewrite: beacon unavailable, stripping: %v\n", err)
+		return rewrite.Strip, ""
+	}
+	url, ok, err := d.Decide(tenant, campaign, max(1, rcpts), time.Now())
+	if derr := done(); err == nil {
+		err = derr
+	}
+	switch {
+	case err != nil:
+		fmt.Fprintf(env.stderr, "pixelrelay rewrite: beacon decision failed, stripping: %v\n", err)
+		return rewrite.Strip, ""
+	case !ok:
+		fmt.Fprintf(env.stderr, "pixelrelay rewrite: campaign %q has not reached the minimum batch of %d recipients today; stripped\n", campaign, minBatch)
+		return rewrite.Strip, ""
+	}
+	return rewrite.Beacon, url
 }

@@ -105,7 +105,7 @@ func TestRewriteCommandExitCodes(t *testing.T) {
 		{"malformed", strings.NewReader("Content-Type: multipart/mixed\r\n\r\nno boundary"), []string{"rewrite"}, 0, ""},
 		{"unknown flag", nil, []string{"rewrite", "--no-such-flag"}, 1, "no-such-flag"},
 		{"positional", nil, []string{"rewrite", "file.eml"}, 1, "read from stdin"},
-		{"beacon needs the store", nil, []string{"rewrite", "--action", "beacon"}, 1, "--db or --server"},
+		{"beacon needs its public base", nil, []string{"rewrite", "--action", "beacon"}, 1, "--beacon-base"},
 		// Pipe mode must never fail a delivery: no store means strip.
 		{"auto without a store strips", strings.NewReader(msg), []string{"rewrite", "--action", "auto", "--recipient", "a@b.c", "--db", filepath.Join(dir, "none.db")}, 0, "fail closed"},
 		{"auto needs one recipient", nil, []string{"rewrite", "--action", "auto"}, 1, "exactly one --recipient"},

@@ -103,7 +103,7 @@ func runScan(env *cmdEnv, args []string) int {
 		fmt.Fprintln(env.stderr, scanUsage)
 		return 1
 	}
-	eng, err := newRewriteEngine(*rulesPath)
+	eng, err := newRewriteEngine(*rulesPath, "")
 	if err != nil {
 		fmt.Fprintf(env.stderr, "pixelrelay scan: %v\n", err)
 		return 1

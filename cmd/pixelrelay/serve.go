@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/bbolt"
 
+	"github.com/pixelrelay/pixelrelay/beacon"
 	"github.com/pixelrelay/pixelrelay/consent"
 	"github.com/pixelrelay/pixelrelay/relay"
 	"github.com/pixelrelay/pixelrelay/rewrite"
@@ -108,21 +109,11 @@ func (s *swappableRewriter) RulesVersion() string { return s.cur.Load().RulesVer
 
 // newEngine builds the rewrite engine from the config's rules file.
 func newEngine(cfg relay.Config) (*rewrite.Engine, error) {
-	opts := rewrite.Options{}
-	if cfg.BeaconBase != "" {
-		opts.OwnURLPrefixes = []string{strings.TrimSuffix(cfg.BeaconBase, "/") + "/b/"}
+	e, err := newRewriteEngine(cfg.Rules, cfg.BeaconBase)
+	if err != nil {
+		return nil, fmt.Errorf("rules: %w", err)
 	}
-	if cfg.Rules != "" {
-		f, err := os.Open(cfg.Rules)
-		if err != nil {
-			return nil, fmt.Errorf("rules: %w", err)
-		}
-		defer f.Close()
-		if opts.Rules, err = rewrite.ParseRules(f, cfg.Rules); err != nil {
-			return nil, fmt.Errorf("rules: %w", err)
-		}
-	}
-	return rewrite.New(opts)
+	return e, nil
 }
 
 func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog.LevelVar) error {
@@ -172,9 +163,20 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 		return 0
 	}))
 
+	beacons, err := beacon.Open(store.DB(), beacon.Options{
+		Base: cfg.BeaconBase, MinBatch: cfg.BeaconMinBatch, MaxAge: cfg.BeaconMaxAge,
+		Registerer: reg, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	// Closed after the relay and the public listener stop, so the last
+	// counts are written; the store closes after it (deferred earlier).
+	defer beacons.Close()
+
 	rl, err := relay.New(cfg, relay.Deps{
 		Consent: store, Rewriter: rewriter, Upstream: upstream, Audit: audit,
-		RetryMemory: retry, Logger: log, Version: version, Registry: reg,
+		RetryMemory: retry, Logger: log, Version: version, Registry: reg, Beacons: beacons,
 	})
 	if err != nil {
 		return err
@@ -190,9 +192,22 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 			rl.Close()
 			return fmt.Errorf("http: listen on %s: %w", cfg.HTTP, err)
 		}
-		admin = &http.Server{Handler: adminMux(cfg, store, rl, reg, log), ReadHeaderTimeout: 10 * time.Second}
+		admin = &http.Server{Handler: adminMux(cfg, store, beacons, rl, reg, log), ReadHeaderTimeout: 10 * time.Second}
 		go admin.Serve(ln)
 		log.Info("admin API listening", "addr", ln.Addr().String())
+	}
+	var public *http.Server
+	if cfg.BeaconListen != "" {
+		ln, err := net.Listen("tcp", cfg.BeaconListen)
+		if err != nil {
+			rl.Close()
+			return fmt.Errorf("beacon_listen: listen on %s: %w", cfg.BeaconListen, err)
+		}
+		// Serves /b/{token}.gif only, with no access log: a load is
+		// counted, never its address, user agent or referrer.
+		public = beacons.PublicServer(cfg.BeaconListen)
+		go public.Serve(ln)
+		log.Info("beacon listener", "addr", ln.Addr().String(), "public_base", cfg.BeaconBase)
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -207,10 +222,12 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 		err := rl.Shutdown(ctx)
 		cancel()
-		if admin != nil {
-			hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
-			admin.Shutdown(hctx)
-			hcancel()
+		for _, srv := range []*http.Server{public, admin} {
+			if srv != nil {
+				hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+				srv.Shutdown(hctx)
+				hcancel()
+			}
 		}
 		if err != nil {
 			log.Warn("drain deadline passed; sessions still in a transaction were closed", "err", err)
@@ -253,7 +270,7 @@ func reload(loader *configLoader, rl *relay.Relay, rw *swappableRewriter, audit 
 
 // adminMux is the loopback admin API: health without a token, everything
 // else behind the bearer token.
-func adminMux(cfg relay.Config, store *consent.Store, rl *relay.Relay, reg *prometheus.Registry, log *slog.Logger) http.Handler {
+func adminMux(cfg relay.Config, store *consent.Store, beacons *beacon.Beacons, rl *relay.Relay, reg *prometheus.Registry, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -294,6 +311,8 @@ func adminMux(cfg relay.Config, store *consent.Store, rl *relay.Relay, reg *prom
 		})
 	}
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
+	mux.Handle("/v1/beacons", auth(beacons.AdminHandler()))
+	mux.Handle("/v1/beacons/", auth(beacons.AdminHandler()))
 	if cfg.Pprof {
 		mux.Handle("/debug/pprof/", auth(http.HandlerFunc(pprof.Index)))
 		mux.Handle("/debug/pprof/profile", auth(http.HandlerFunc(pprof.Profile)))

@@ -252,6 +252,7 @@ func TestE2EDatabaseHeldByServe(t *testing.T) {
 // be searched for in a QP-encoded copy.
 func qpDecoded(b []byte) []byte {
 	b = bytes.ReplaceAll(b, []byte("=\r\n"), nil)
+	b = bytes.ReplaceAll(b, []byte("=\n"), nil)
 	return bytes.ReplaceAll(b, []byte("=3D"), []byte("="))
 }
 
