@@ -103,6 +103,10 @@ func runHelp(env *cmdEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "pixelrelay: unknown command %q\n", args[0])
 		return 1
 	}
-	fmt.Fprintln(env.stdout, cmd.usage)
+	// The command's own --help lists its flags; help is asked for, so it
+	// goes to stdout and succeeds.
+	helpEnv := *env
+	helpEnv.stderr = env.stdout
+	cmd.run(&helpEnv, append(args[1:], "--help"))
 	return 0
 }
