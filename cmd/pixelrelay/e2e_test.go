@@ -121,9 +121,19 @@ func (l *lockedBuffer) String() string {
 // log, and the given extra arguments.
 func startServe(t *testing.T, extra ...string) *served {
 	t.Helper()
+	return startServeOn(t, "", extra...)
+}
+
+// startServeOn is startServe on an existing database file ("" for a new
+// one in the temp dir).
+func startServeOn(t *testing.T, db string, extra ...string) *served {
+	t.Helper()
 	bin := pixelrelayBinary(t)
 	s := &served{t: t, dir: t.TempDir(), smtp: loopbackPort(t), http: loopbackPort(t), token: "e2e-token", out: &lockedBuffer{}, exited: make(chan struct{})}
-	s.db = filepath.Join(s.dir, "pixelrelay.db")
+	s.db = db
+	if s.db == "" {
+		s.db = filepath.Join(s.dir, "pixelrelay.db")
+	}
 	s.audit = filepath.Join(s.dir, "audit.jsonl")
 	args := append([]string{"serve",
 		"--listen", fmt.Sprintf("127.0.0.1:%d", s.smtp),

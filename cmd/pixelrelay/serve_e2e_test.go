@@ -364,3 +364,38 @@ func TestE2EHealthReadinessMetrics(t *testing.T) {
 		t.Fatalf("/readyz with the upstream down: %v %v", err, resp)
 	}
 }
+
+// The documented backup and restore: an online snapshot through the
+// running server, then the snapshot in place of the database file.
+func TestE2EBackupRestore(t *testing.T) {
+	s := startServe(t)
+	s.consent("bob@example.com", "granted")
+	s.consent("carol@example.org", "denied")
+	_, before := s.api("GET", "/v1/consent/bob@example.com", nil)
+	snapshot := filepath.Join(t.TempDir(), "snapshot.db")
+	env := []string{"PIXELRELAY_API_TOKEN=" + s.token}
+	if code, out := runCLI(t, env, "consent", "backup", snapshot, "--server", fmt.Sprintf("http://127.0.0.1:%d", s.http)); code != 0 {
+		t.Fatalf("backup through the server: %s", out)
+	}
+	if st, body := s.api("GET", "/v1/backup", nil); st != 200 || len(body) < 4096 {
+		t.Fatalf("GET /v1/backup: %d, %d bytes", st, len(body))
+	}
+	s.stop()
+
+	// Restore: the snapshot replaces the database file, then serve starts.
+	data, _ := os.ReadFile(snapshot)
+	if err := os.WriteFile(s.db, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := runCLI(t, nil, "consent", "verify", "--db", s.db); code != 0 {
+		t.Fatalf("consent verify on the restored file: %s", out)
+	}
+	s2 := startServeOn(t, s.db)
+	_, after := s2.api("GET", "/v1/consent/bob@example.com", nil)
+	if !bytes.Equal(before, after) {
+		t.Errorf("restored record differs:\nbefore %s\nafter  %s", before, after)
+	}
+	if _, c := s2.api("GET", "/v1/consent/carol@example.org", nil); !bytes.Contains(c, []byte(`"denied"`)) {
+		t.Errorf("carol after restore: %s", c)
+	}
+}
