@@ -3,7 +3,6 @@ package relay
 import (
 	"bufio"
 	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -280,9 +279,4 @@ func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 		return nil, true, nil
 	}
 	return nil, true, errors.New("unexpected LOGIN response")
-}
-
-// constantTimeEqual compares secrets without leaking their common prefix.
-func constantTimeEqual(a, b string) bool {
-	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
 }

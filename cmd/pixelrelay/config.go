@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"reflect"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -280,14 +279,4 @@ func maskURL(s string) string {
 		u.User = url.UserPassword(u.User.Username(), "*****")
 	}
 	return u.String()
-}
-
-// sortedKeys is used by help output.
-func sortedKeys() []string {
-	var names []string
-	for _, k := range configKeys() {
-		names = append(names, k.name)
-	}
-	sort.Strings(names)
-	return names
 }
