@@ -96,6 +96,11 @@ func TestRenderInChromium(t *testing.T) {
 // renderPage loads url and returns its screenshots (and PDF) by name.
 func renderPage(t *testing.T, ctx context.Context, url string) map[string][]byte {
 	t.Helper()
+	// Create the browser target first: chromedp creates it lazily, and the
+	// three subscriptions below would otherwise race to do it.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`1`)); err != nil {
+		t.Fatal(err)
+	}
 	// Subscribe before navigating, so nothing the page does is missed.
 	watch, stopWatching := context.WithCancel(ctx)
 	var mu sync.Mutex
