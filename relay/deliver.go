@@ -301,8 +301,6 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 		for _, rc := range tx.rcpts {
 			if rc.status != nil {
 				out.perRecipient[rc] = upstreamReply(rc.status)
-			} else {
-				out.perRecipient[rc] = nil
 			}
 		}
 		return out

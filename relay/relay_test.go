@@ -2,6 +2,8 @@ package relay
 
 import (
 	"net/smtp"
+
+	gosmtp "github.com/emersion/go-smtp"
 	"os"
 	"testing"
 )
@@ -31,3 +33,5 @@ func dotless(b []byte) []byte {
 	}
 	return out
 }
+
+func smtpErr(code int, text string) *gosmtp.SMTPError { return toSMTPError(code, text) }

@@ -213,6 +213,7 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.setDataDeadline()
+	tx := s.tx // data ends the transaction; its recipients are needed after
 	out := s.data(r)
 	if out == nil || out.perRecipient == nil {
 		if out == nil || out.reply == nil {
@@ -220,8 +221,13 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		}
 		return out.reply
 	}
-	for _, rc := range s.tx.rcpts {
-		status.SetStatus(rc.addr, out.perRecipient[rc])
+	for _, rc := range tx.rcpts {
+		if err := out.perRecipient[rc]; err != nil {
+			status.SetStatus(rc.addr, err)
+		} else {
+			// A true nil: a nil *SMTPError in an error is not nil.
+			status.SetStatus(rc.addr, nil)
+		}
 	}
 	return nil
 }
