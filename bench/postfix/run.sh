@@ -1,0 +1,271 @@
+#!/bin/sh
+# pixelrelay as Postfix's content filter (issue #7), against a baseline in
+# the same run. Postfix's smtp-source sends the ~100 KB newsletter of
+# testdata/bench (one open-tracking pixel, recipient without consent) into
+# four private Postfix instances in turn, each relaying to the same
+# smtp-sink, and times each run until the sink has every message:
+#
+#   alone      smtpd -> queue -> smtp -> sink
+#   null       smtpd -> queue -> scan (smtp) -> smtpd -> queue -> smtp -> sink
+#              a second Postfix smtpd as the "filter": the cost of queueing twice
+#   smtp       smtpd -> queue -> scan (smtp) -> pixelrelay -> smtpd -> queue -> smtp -> sink
+#   lmtp       smtpd -> queue -> scanlmtp (lmtp) -> pixelrelay -> smtpd -> queue -> smtp -> sink
+#
+# The instances are configured as docs/postfix.md and deploy/postfix/
+# describe (filter transport maxproc 10, the FILTER_README reinjection
+# smtpd), on free loopback ports. The order of the four rotates every
+# round. Reported: medians, and pixelrelay/null-filter for SMTP and LMTP
+# (target >= 0.85).
+#
+#   sudo bench/postfix/run.sh
+#   KEEP=1 sudo bench/postfix/run.sh     # keep the instances' logs and audit logs
+#   ROUNDS=5 MESSAGES=2000 SESSIONS=20 sudo bench/postfix/run.sh
+#
+# Needs root (Postfix instances) and the Debian postfix package. Exit
+# status: 0 when both ratios meet the target, 1 when one does not, 2 when
+# the benchmark could not run. Every process it starts is stopped by PID
+# (pixelrelay, smtp-sink) or by postfix -c DIR stop.
+set -eu
+
+ROUNDS=${ROUNDS:-5}
+MESSAGES=${MESSAGES:-2000}
+SESSIONS=${SESSIONS:-20}
+TARGET=${TARGET:-0.85}
+MESSAGE=${MESSAGE:-testdata/bench/newsletter.eml}
+SENDER=news@example-news.com
+RECIPIENT=reader@example.fr
+SETUPS="alone null smtp lmtp"
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+PATH=$PATH:/usr/sbin:/sbin
+die() { echo "bench/postfix/run.sh: $*" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || die "run as root: it starts private Postfix instances"
+for tool in postfix postconf smtp-source smtp-sink go python3; do
+	command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (Debian: apt-get install postfix python3)"
+done
+
+tmp=$(mktemp -d /tmp/pixelrelay-pfbench.XXXXXX)
+chmod 0755 "$tmp" # Postfix's daemons run as user postfix
+pids=""
+instances=""
+cleanup() {
+	for d in $instances; do postfix -c "$d/etc" stop >/dev/null 2>&1 || true; done
+	for p in $pids; do kill "$p" 2>/dev/null || true; done
+	for p in $pids; do wait "$p" 2>/dev/null || true; done
+	# postfix stop returns before the master has gone.
+	for d in $instances; do
+		i=0
+		while [ -f "$d/spool/pid/master.pid" ] && kill -0 "$(cat "$d/spool/pid/master.pid")" 2>/dev/null && [ $i -lt 100 ]; do
+			sleep 0.1
+			i=$((i + 1))
+		done
+	done
+	if [ "${KEEP:-}" = 1 ]; then echo "logs kept in $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+trap 'exit 2' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # PORT
+	i=0
+	until python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2).close()" 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -lt 150 ] || return 1
+		sleep 0.1
+	done
+}
+now() { date +%s.%N; }
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+go build -o "$tmp/pixelrelay" ./cmd/pixelrelay || die "go build failed"
+# smtp-source -F appends CRLF to each line: give it LF lines.
+tr -d '\r' <"$MESSAGE" >"$tmp/message.eml"
+size=$(wc -c <"$tmp/message.eml")
+
+sink_port=$(free_port)
+smtp-sink -c -u nobody "127.0.0.1:$sink_port" 1024 >"$tmp/sink.count" 2>"$tmp/sink.log" &
+pids="$pids $!"
+wait_port "$sink_port" || die "smtp-sink did not start: $(cat "$tmp/sink.log")"
+# smtp-sink -c rewrites "sess=N quit=N mesg=N" after every event.
+delivered() { tail -c 100 "$tmp/sink.count" | tr '\r' '\n' | awk -F'mesg=' 'NF > 1 {v = $2} END {print v + 0}'; }
+
+# instance NAME: a private Postfix relaying everything to the sink, with
+# its own config_directory, queue and data directories; sets in_port.
+instance() {
+	d=$tmp/$1
+	mkdir -p "$d/etc" "$d/spool" "$d/data"
+	cp /etc/postfix/master.cf "$d/etc/master.cf"
+	[ -f /etc/postfix/dynamicmaps.cf ] && cp /etc/postfix/dynamicmaps.cf "$d/etc/"
+	in_port=$(free_port)
+	cat >"$d/etc/main.cf" <<-EOF
+		compatibility_level = 3.6
+		queue_directory = $d/spool
+		data_directory = $d/data
+		mail_owner = postfix
+		setgid_group = postdrop
+		myhostname = mta-$1.bench
+		mydomain = bench
+		myorigin = bench
+		inet_interfaces = 127.0.0.1
+		inet_protocols = ipv4
+		mydestination =
+		local_recipient_maps =
+		local_transport = error:local delivery is disabled
+		relay_domains =
+		relayhost = [127.0.0.1]:$sink_port
+		mynetworks = 127.0.0.0/8
+		smtpd_relay_restrictions = permit_mynetworks, reject
+		alias_maps =
+		alias_database =
+		maillog_file = $d/postfix.log
+		maillog_file_prefixes = $d
+	EOF
+	sed -i "s/^smtp \{1,\}inet .*/127.0.0.1:$in_port inet n - n - - smtpd/" "$d/etc/master.cf"
+	postconf -c "$d/etc" -F '*/*/chroot = n'
+	instances="$instances $d"
+}
+
+# reinjection DIR PORT: the FILTER_README after-filter smtpd, as in
+# docs/postfix.md. In the null setup it is the filter itself.
+reinjection() {
+	postconf -c "$1" -M "127.0.0.1:$2/inet = 127.0.0.1:$2 inet n - n - - smtpd"
+	postconf -c "$1" -P "127.0.0.1:$2/inet/content_filter =" \
+		"127.0.0.1:$2/inet/receive_override_options = no_unknown_recipient_checks,no_header_body_checks,no_milters" \
+		"127.0.0.1:$2/inet/smtpd_helo_restrictions =" \
+		"127.0.0.1:$2/inet/smtpd_client_restrictions =" \
+		"127.0.0.1:$2/inet/smtpd_sender_restrictions =" \
+		"127.0.0.1:$2/inet/smtpd_relay_restrictions =" \
+		"127.0.0.1:$2/inet/smtpd_recipient_restrictions = permit_mynetworks,reject" \
+		"127.0.0.1:$2/inet/smtpd_data_restrictions =" \
+		"127.0.0.1:$2/inet/mynetworks = 127.0.0.0/8" \
+		"127.0.0.1:$2/inet/smtpd_authorized_xforward_hosts = 127.0.0.0/8"
+}
+scan_smtp() { # DIR FILTER_PORT
+	postconf -c "$1" -e "content_filter = scan:[127.0.0.1]:$2" 'receive_override_options = no_address_mappings'
+	postconf -c "$1" -M 'scan/unix = scan unix - - n - 10 smtp'
+	postconf -c "$1" -P 'scan/unix/disable_mime_output_conversion = yes' 'scan/unix/smtp_send_xforward_command = yes' \
+		'scan/unix/smtp_generic_maps =' 'scan/unix/smtp_tls_security_level = none'
+}
+scan_lmtp() { # DIR FILTER_PORT
+	postconf -c "$1" -e "content_filter = scanlmtp:inet:[127.0.0.1]:$2" 'receive_override_options = no_address_mappings'
+	postconf -c "$1" -M 'scanlmtp/unix = scanlmtp unix - - n - 10 lmtp'
+	postconf -c "$1" -P 'scanlmtp/unix/disable_mime_output_conversion = yes' 'scanlmtp/unix/lmtp_generic_maps ='
+}
+relay() { # NAME FLAGS... : pixelrelay serve for a setup
+	name=$1
+	shift
+	"$tmp/pixelrelay" serve --http "127.0.0.1:$(free_port)" --db "$tmp/$name.db" --audit-log "$tmp/$name.audit" \
+		--hostname pixelrelay.localhost --log-level warn "$@" >"$tmp/$name.relay.log" 2>&1 &
+	pids="$pids $!"
+	eval "${name}_relay=$!"
+}
+
+instance alone
+alone_port=$in_port
+
+instance null
+null_port=$in_port
+p=$(free_port)
+scan_smtp "$tmp/null/etc" "$p"
+reinjection "$tmp/null/etc" "$p"
+
+instance smtp
+smtp_port=$in_port
+filter=$(free_port) reinj=$(free_port)
+scan_smtp "$tmp/smtp/etc" "$filter"
+reinjection "$tmp/smtp/etc" "$reinj"
+relay smtp --listen "127.0.0.1:$filter" --upstream "smtp://127.0.0.1:$reinj"
+smtp_filter=$filter
+
+instance lmtp
+lmtp_port=$in_port
+filter=$(free_port) reinj=$(free_port)
+scan_lmtp "$tmp/lmtp/etc" "$filter"
+reinjection "$tmp/lmtp/etc" "$reinj"
+relay lmtp --listen-lmtp "127.0.0.1:$filter" --listen "127.0.0.1:$(free_port)" --upstream "smtp://127.0.0.1:$reinj"
+lmtp_filter=$filter
+
+for d in $instances; do
+	postfix -c "$d/etc" set-permissions >/dev/null 2>&1 || true
+	chown -R postfix "$d/data"
+	postfix -c "$d/etc" start >/dev/null 2>&1 || die "Postfix in $d did not start: $(tail -5 "$d/postfix.log" 2>/dev/null)"
+done
+for p in $alone_port $null_port $smtp_port $lmtp_port $smtp_filter $lmtp_filter; do
+	wait_port "$p" || die "nothing listens on 127.0.0.1:$p"
+done
+
+# run SETUP COUNT SESSIONS [LIMIT]: seconds from the first connection
+# until the sink has every message; gives up after LIMIT seconds (600).
+run() {
+	limit=$((${4:-600} * 50))
+	eval "port=\$${1}_port"
+	want=$(($(delivered) + $2))
+	t0=$(now)
+	smtp-source -s "$3" -m "$2" -f "$SENDER" -t "$RECIPIENT" -F "$tmp/message.eml" "127.0.0.1:$port" \
+		>"$tmp/source.out" 2>&1 || die "smtp-source into the $1 setup failed: $(tail -3 "$tmp/source.out")"
+	i=0
+	while [ "$(delivered)" -lt "$want" ]; do
+		i=$((i + 1))
+		[ $i -lt $limit ] || die "the $1 setup did not deliver $2 messages within ${4:-600} s; its queue: $(postqueue -c "$tmp/$1/etc" -p | tail -4)"
+		sleep 0.02
+	done
+	t1=$(now)
+	echo "$t0 $t1" | awk '{printf "%.6f", $2 - $1}'
+}
+
+echo "Postfix sidecar benchmark: $(basename "$MESSAGE") as $size bytes, $MESSAGES messages x $SESSIONS sessions, $ROUNDS rounds; Postfix $(postconf -d -h mail_version); $(nproc) CPUs shared by everything; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for s in $SETUPS; do run "$s" 50 10 60 >/dev/null; done # warm-up, and a check that each setup delivers
+grep -q '"action":"strip"' "$tmp/smtp.audit" || die "the SMTP filter did not strip: $(head -c 400 "$tmp/smtp.audit")"
+grep -q '"action":"strip"' "$tmp/lmtp.audit" || die "the LMTP filter did not strip: $(head -c 400 "$tmp/lmtp.audit")"
+
+for s in $SETUPS; do : >"$tmp/$s.rate"; done
+: >"$tmp/smtp.ratio"
+: >"$tmp/lmtp.ratio"
+r=1
+while [ $r -le "$ROUNDS" ]; do
+	case $((r % 4)) in
+	1) order="alone null smtp lmtp" ;;
+	2) order="null smtp lmtp alone" ;;
+	3) order="smtp lmtp alone null" ;;
+	0) order="lmtp alone null smtp" ;;
+	esac
+	line="round $r:"
+	for s in $order; do
+		secs=$(run "$s" "$MESSAGES" "$SESSIONS")
+		v=$(echo "$MESSAGES $secs" | awk '{printf "%.1f", $1 / $2}')
+		echo "$v" >>"$tmp/$s.rate"
+		eval "${s}_now=$v"
+		line="$line  $s $v"
+	done
+	echo "$smtp_now $null_now" | awk '{printf "%.4f\n", $1 / $2}' >>"$tmp/smtp.ratio"
+	echo "$lmtp_now $null_now" | awk '{printf "%.4f\n", $1 / $2}' >>"$tmp/lmtp.ratio"
+	echo "$line msg/s"
+	r=$((r + 1))
+done
+
+rss() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+# cpu_ms PID MESSAGES: the process's user+system CPU time per message.
+cpu_ms() { awk -v n="$2" -v hz="$(getconf CLK_TCK)" '{printf "%.2f", 1000 * ($14 + $15) / hz / n}' "/proc/$1/stat"; }
+alone=$(median <"$tmp/alone.rate")
+null=$(median <"$tmp/null.rate")
+smtp=$(median <"$tmp/smtp.rate")
+lmtp=$(median <"$tmp/lmtp.rate")
+smtp_ratio=$(median <"$tmp/smtp.ratio" | awk '{printf "%.3f", $1}')
+lmtp_ratio=$(median <"$tmp/lmtp.ratio" | awk '{printf "%.3f", $1}')
+echo
+printf 'median msg/s (end to end, into smtp-sink): Postfix alone %.0f, null filter %.0f, pixelrelay SMTP %.0f, pixelrelay LMTP %.0f\n' "$alone" "$null" "$smtp" "$lmtp"
+printf 'null filter / Postfix alone: %.3f (the cost of queueing twice)\n' "$(echo "$null $alone" | awk '{print $1 / $2}')"
+printf 'pixelrelay / null filter (median of per-round ratios): SMTP %s, LMTP %s (target >= %s)\n' "$smtp_ratio" "$lmtp_ratio" "$TARGET"
+printf 'pixelrelay peak RSS (VmHWM): SMTP %s MB, LMTP %s MB; CPU per message: SMTP %s ms, LMTP %s ms\n' \
+	"$(rss "$smtp_relay")" "$(rss "$lmtp_relay")" \
+	"$(cpu_ms "$smtp_relay" "$(wc -l <"$tmp/smtp.audit")")" "$(cpu_ms "$lmtp_relay" "$(wc -l <"$tmp/lmtp.audit")")"
+
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+status=0
+for m in smtp lmtp; do
+	eval "v=\$${m}_ratio"
+	echo "$v $TARGET" | awk '{exit !($1 >= $2)}' || { echo "MISSED: pixelrelay over $m reaches $v of the null filter"; status=1; }
+done
+[ $status -eq 0 ] && echo "PASS"
+exit $status
