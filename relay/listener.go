@@ -174,6 +174,13 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		n, err = c.Conn.Read(p)
 		c.reading.Store(false)
 	}
+	if n > 0 && c.limitLines && !c.inData.Load() && bytes.Contains(bytes.ToUpper(p[:n]), []byte("ORCPT=RFC822;")) {
+		if fixed := fixORCPT(p[:n]); len(fixed) != n || !bytes.Equal(fixed, p[:n]) {
+			k := copy(p, fixed)
+			c.ahead = append(append([]byte(nil), fixed[k:]...), c.ahead...)
+			n = k
+		}
+	}
 	if n > 0 && c.limitLines && !c.inData.Load() {
 		if c.lineLen = longestLine(p[:n], c.lineLen, c.r.cfg.MaxLineLength); c.lineLen < 0 {
 			// go-smtp answers this error with "500 5.4.0 Too long line"

@@ -225,12 +225,17 @@ func (c *upClient) rcpt(to string, opts *smtp.RcptOptions) error {
 			}
 			b.WriteString(" NOTIFY=" + strings.Join(n, ","))
 		}
-		if opts.OriginalRecipient != "" {
-			typ := opts.OriginalRecipientType
-			if typ == "" {
-				typ = smtp.DSNAddressTypeRFC822
+		if addr := opts.OriginalRecipient; addr != "" {
+			// RFC 3461 rfc822 addresses are ASCII; a UTF-8 one travels as
+			// RFC 6533 utf-8, raw to an SMTPUTF8 server, escaped otherwise.
+			switch {
+			case isASCII(addr) && opts.OriginalRecipientType != smtp.DSNAddressTypeUTF8:
+				b.WriteString(" ORCPT=rfc822;" + xtext(addr))
+			case c.has("SMTPUTF8"):
+				b.WriteString(" ORCPT=utf-8;" + utf8AddrUnitext(addr))
+			default:
+				b.WriteString(" ORCPT=utf-8;" + utf8AddrXtext(addr))
 			}
-			b.WriteString(" ORCPT=" + string(typ) + ";" + xtext(opts.OriginalRecipient))
 		}
 	}
 	_, _, err := c.cmd(25, "%s", b.String())

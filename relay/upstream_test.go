@@ -162,3 +162,55 @@ func TestToSMTPError(t *testing.T) {
 		t.Errorf("xtext: %q", got)
 	}
 }
+
+func TestFixORCPT(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		// Postfix's spelling of a UTF-8 original recipient becomes RFC 6533's.
+		{"RCPT TO:<josé@exemple.fr> ORCPT=rfc822;jos+C3+A9@exemple.fr\r\n", "RCPT TO:<josé@exemple.fr> ORCPT=utf-8;jos\\x{E9}@exemple.fr\r\n"},
+		// With NOTIFY after it, and lower case.
+		{"rcpt to:<a@b> orcpt=RFC822;+C3+A9@b NOTIFY=NEVER\r\n", "rcpt to:<a@b> ORCPT=utf-8;\\x{E9}@b NOTIFY=NEVER\r\n"},
+		// ASCII original recipients are left alone.
+		{"RCPT TO:<a@b> ORCPT=rfc822;a+2Bb@b\r\n", "RCPT TO:<a@b> ORCPT=rfc822;a+2Bb@b\r\n"},
+		// Only RCPT lines, only complete ones.
+		{"NOOP ORCPT=rfc822;+C3+A9\r\nRCPT TO:<a@b> ORCPT=rfc822;+C3+A9@b", "NOOP ORCPT=rfc822;+C3+A9\r\nRCPT TO:<a@b> ORCPT=rfc822;+C3+A9@b"},
+		// Invalid UTF-8 stays as it was (go-smtp refuses it).
+		{"RCPT TO:<a@b> ORCPT=rfc822;+FF@b\r\n", "RCPT TO:<a@b> ORCPT=rfc822;+FF@b\r\n"},
+	} {
+		if got := string(fixORCPT([]byte(tc.in))); got != tc.want {
+			t.Errorf("%q:\n got %q\nwant %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// Through the relay: Postfix's ORCPT for a UTF-8 recipient is accepted and
+// reaches the upstream as a UTF-8 original recipient.
+func TestPostfixStyleUTF8ORCPT(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ListenLMTP = "127.0.0.1:0" })
+	for _, addr := range []string{h.addr, h.relay.Addr("lmtp").String()} {
+		c := dialFrom(t, addr, "")
+		c.reply()
+		hello := "EHLO"
+		if addr != h.addr {
+			hello = "LHLO"
+		}
+		c.expect(hello+" mta.test", "250")
+		c.expect("MAIL FROM:<rédaction@acme.example> SMTPUTF8", "250")
+		c.expect("RCPT TO:<josé@exemple.fr> ORCPT=rfc822;jos+C3+A9@exemple.fr NOTIFY=FAILURE", "250")
+		c.expect("DATA", "354")
+		msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+		c.conn.Write(dotStuff(msg))
+		if r := c.reply(); !strings.HasPrefix(r, "250") {
+			t.Fatalf("%s: DATA: %q", hello, r)
+		}
+		c.cmd("QUIT")
+	}
+	for _, m := range h.up.Messages() {
+		o := m.RcptOpts[0]
+		if o.OriginalRecipientType != "UTF-8" || o.OriginalRecipient != "josé@exemple.fr" {
+			t.Errorf("upstream got ORCPT %s;%s, want UTF-8;josé@exemple.fr", o.OriginalRecipientType, o.OriginalRecipient)
+		}
+	}
+	if len(h.up.Messages()) != 2 {
+		t.Fatalf("upstream got %d messages, want 2", len(h.up.Messages()))
+	}
+}
