@@ -19,6 +19,7 @@
 #
 #   sudo bench/postfix/run.sh
 #   KEEP=1 sudo bench/postfix/run.sh     # keep the instances' logs and audit logs
+#   PPROF_DIR=/tmp/prof sudo bench/postfix/run.sh   # and CPU profiles of pixelrelay (go tool pprof)
 #   ROUNDS=5 MESSAGES=2000 SESSIONS=20 sudo bench/postfix/run.sh
 #
 # Needs root (Postfix instances) and the Debian postfix package. Exit
@@ -155,10 +156,24 @@ scan_lmtp() { # DIR FILTER_PORT
 relay() { # NAME FLAGS... : pixelrelay serve for a setup
 	name=$1
 	shift
-	"$tmp/pixelrelay" serve --http "127.0.0.1:$(free_port)" --db "$tmp/$name.db" --audit-log "$tmp/$name.audit" \
+	http=$(free_port)
+	if [ -n "${PPROF_DIR:-}" ]; then set -- "$@" --pprof --api-token bench; fi
+	"$tmp/pixelrelay" serve --http "127.0.0.1:$http" --db "$tmp/$name.db" --audit-log "$tmp/$name.audit" \
 		--hostname pixelrelay.localhost --log-level warn "$@" >"$tmp/$name.relay.log" 2>&1 &
 	pids="$pids $!"
-	eval "${name}_relay=$!"
+	eval "${name}_relay=$! ${name}_http=$http"
+}
+# profile SETUP: with PPROF_DIR set, the first timed run of each pixelrelay
+# setup also records a 5 s CPU profile of pixelrelay into PPROF_DIR.
+profile() {
+	[ -n "${PPROF_DIR:-}" ] || return 0
+	case $1 in smtp | lmtp) ;; *) return 0 ;; esac
+	[ ! -e "$PPROF_DIR/$1.pprof" ] || return 0
+	eval "http=\$${1}_http"
+	python3 -c 'import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer bench"})
+open(sys.argv[2], "wb").write(urllib.request.urlopen(req, timeout=30).read())' \
+		"http://127.0.0.1:$http/debug/pprof/profile?seconds=5" "$PPROF_DIR/$1.pprof" &
 }
 
 instance alone
@@ -201,6 +216,7 @@ run() {
 	limit=$((${4:-600} * 50))
 	eval "port=\$${1}_port"
 	want=$(($(delivered) + $2))
+	cpu_busy >"$tmp/busy.before"
 	t0=$(now)
 	smtp-source -s "$3" -m "$2" -f "$SENDER" -t "$RECIPIENT" -F "$tmp/message.eml" "127.0.0.1:$port" \
 		>"$tmp/source.out" 2>&1 || die "smtp-source into the $1 setup failed: $(tail -3 "$tmp/source.out")"
@@ -211,15 +227,22 @@ run() {
 		sleep 0.02
 	done
 	t1=$(now)
+	cpu_busy >"$tmp/busy.after"
+	# How busy the CPUs were during the run: saturated CPUs mean the
+	# setup is CPU-bound, idle ones that it waits (disk, concurrency).
+	paste -d' ' "$tmp/busy.before" "$tmp/busy.after" | awk '{printf "%.0f\n", 100 * ($3 - $1) / ($4 - $2)}' >>"$tmp/$1.busy"
 	echo "$t0 $t1" | awk '{printf "%.6f", $2 - $1}'
 }
+# cpu_busy: jiffies spent busy and in total, all CPUs (idle and iowait are
+# not busy).
+cpu_busy() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
 
 echo "Postfix sidecar benchmark: $(basename "$MESSAGE") as $size bytes, $MESSAGES messages x $SESSIONS sessions, $ROUNDS rounds; Postfix $(postconf -d -h mail_version); $(nproc) CPUs shared by everything; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for s in $SETUPS; do run "$s" 50 10 60 >/dev/null; done # warm-up, and a check that each setup delivers
 grep -q '"action":"strip"' "$tmp/smtp.audit" || die "the SMTP filter did not strip: $(head -c 400 "$tmp/smtp.audit")"
 grep -q '"action":"strip"' "$tmp/lmtp.audit" || die "the LMTP filter did not strip: $(head -c 400 "$tmp/lmtp.audit")"
 
-for s in $SETUPS; do : >"$tmp/$s.rate"; done
+for s in $SETUPS; do : >"$tmp/$s.rate"; : >"$tmp/$s.busy"; done
 : >"$tmp/smtp.ratio"
 : >"$tmp/lmtp.ratio"
 r=1
@@ -232,6 +255,7 @@ while [ $r -le "$ROUNDS" ]; do
 	esac
 	line="round $r:"
 	for s in $order; do
+		profile "$s"
 		secs=$(run "$s" "$MESSAGES" "$SESSIONS")
 		v=$(echo "$MESSAGES $secs" | awk '{printf "%.1f", $1 / $2}')
 		echo "$v" >>"$tmp/$s.rate"
@@ -256,6 +280,8 @@ lmtp_ratio=$(median <"$tmp/lmtp.ratio" | awk '{printf "%.3f", $1}')
 echo
 printf 'median msg/s (end to end, into smtp-sink): Postfix alone %.0f, null filter %.0f, pixelrelay SMTP %.0f, pixelrelay LMTP %.0f\n' "$alone" "$null" "$smtp" "$lmtp"
 printf 'null filter / Postfix alone: %.3f (the cost of queueing twice)\n' "$(echo "$null $alone" | awk '{print $1 / $2}')"
+printf 'CPU busy during the runs (median): alone %s %%, null %s %%, SMTP %s %%, LMTP %s %%\n' \
+	"$(median <"$tmp/alone.busy")" "$(median <"$tmp/null.busy")" "$(median <"$tmp/smtp.busy")" "$(median <"$tmp/lmtp.busy")"
 printf 'pixelrelay / null filter (median of per-round ratios): SMTP %s, LMTP %s (target >= %s)\n' "$smtp_ratio" "$lmtp_ratio" "$TARGET"
 printf 'pixelrelay peak RSS (VmHWM): SMTP %s MB, LMTP %s MB; CPU per message: SMTP %s ms, LMTP %s ms\n' \
 	"$(rss "$smtp_relay")" "$(rss "$lmtp_relay")" \
