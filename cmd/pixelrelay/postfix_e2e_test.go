@@ -201,6 +201,8 @@ const labHold = "smtpd_end_of_data_restrictions = check_recipient_access inline:
 
 func newPostfixLab(t *testing.T) *postfixLab {
 	t.Helper()
+	// Postfix's commands live in /usr/sbin, which a CI runner's PATH may lack.
+	t.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin:/sbin")
 	for _, tool := range []string{"postfix", "postconf", "postqueue", "postsuper"} {
 		needTool(t, tool, "DEBIAN_FRONTEND=noninteractive apt-get install -y postfix (preseed postfix/main_mailer_type 'No configuration')")
 	}
@@ -340,7 +342,6 @@ func (l *postfixLab) stopPostfix() {
 // the configuration file (database, audit log, admin API).
 func (l *postfixLab) stepsEnv(extra ...string) []string {
 	env := append(os.Environ(),
-		"PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin",
 		"DIR="+l.dir,
 		"PIXELRELAY="+l.bin,
 		"PIXELRELAY_DB="+l.db,
