@@ -20,6 +20,7 @@
 #   sudo bench/postfix/run.sh
 #   KEEP=1 sudo bench/postfix/run.sh     # keep the instances' logs and audit logs
 #   PPROF_DIR=/tmp/prof sudo bench/postfix/run.sh   # and CPU profiles of pixelrelay (go tool pprof)
+#   PERF_DIR=/tmp/perf sudo bench/postfix/run.sh     # and system-wide perf recordings of one run per setup
 #   ROUNDS=5 MESSAGES=2000 SESSIONS=20 sudo bench/postfix/run.sh
 #
 # Needs root (Postfix instances) and the Debian postfix package. Exit
@@ -217,21 +218,44 @@ run() {
 	eval "port=\$${1}_port"
 	want=$(($(delivered) + $2))
 	cpu_busy >"$tmp/busy.before"
+	# With PERF_DIR, the first timed run of each setup is recorded
+	# system-wide with perf, from just before the first connection until
+	# the last message reaches the sink: "perf report -i DIR/SETUP.data
+	# --sort comm -n" then shows which process spent the CPU.
+	perfpid=""
+	if [ -n "${PERF_DIR:-}" ] && [ ! -e "$PERF_DIR/$1.data" ] && [ "$2" -gt 100 ]; then
+		perf record -q -a -F 499 -o "$PERF_DIR/$1.data" >/dev/null 2>&1 &
+		perfpid=$!
+		sleep 0.3
+	fi
 	t0=$(now)
-	smtp-source -s "$3" -m "$2" -f "$SENDER" -t "$RECIPIENT" -F "$tmp/message.eml" "127.0.0.1:$port" \
-		>"$tmp/source.out" 2>&1 || die "smtp-source into the $1 setup failed: $(tail -3 "$tmp/source.out")"
+	if ! smtp-source -s "$3" -m "$2" -f "$SENDER" -t "$RECIPIENT" -F "$tmp/message.eml" "127.0.0.1:$port" >"$tmp/source.out" 2>&1; then
+		stop_perf
+		die "smtp-source into the $1 setup failed: $(tail -3 "$tmp/source.out")"
+	fi
 	i=0
 	while [ "$(delivered)" -lt "$want" ]; do
 		i=$((i + 1))
-		[ $i -lt $limit ] || die "the $1 setup did not deliver $2 messages within ${4:-600} s; its queue: $(postqueue -c "$tmp/$1/etc" -p | tail -4)"
+		if [ $i -ge $limit ]; then
+			stop_perf
+			die "the $1 setup did not deliver $2 messages within ${4:-600} s; its queue: $(postqueue -c "$tmp/$1/etc" -p | tail -4)"
+		fi
 		sleep 0.02
 	done
 	t1=$(now)
+	stop_perf
 	cpu_busy >"$tmp/busy.after"
 	# How busy the CPUs were during the run: saturated CPUs mean the
 	# setup is CPU-bound, idle ones that it waits (disk, concurrency).
 	paste -d' ' "$tmp/busy.before" "$tmp/busy.after" | awk '{printf "%.0f\n", 100 * ($3 - $1) / ($4 - $2)}' >>"$tmp/$1.busy"
 	echo "$t0 $t1" | awk '{printf "%.6f", $2 - $1}'
+}
+stop_perf() {
+	if [ -n "$perfpid" ]; then
+		kill -INT "$perfpid"
+		wait "$perfpid" 2>/dev/null || true
+		perfpid=""
+	fi
 }
 # cpu_busy: jiffies spent busy and in total, all CPUs (idle and iowait are
 # not busy).
