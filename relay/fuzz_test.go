@@ -4,8 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"testing"
+
+	"github.com/emersion/go-smtp"
 )
 
 // strictCRLF is the naive model of strict line endings: every LF follows a
@@ -144,4 +148,121 @@ func FuzzVerifyAuditLog(f *testing.F) {
 			}
 		}
 	})
+}
+
+// refDataReader is go-smtp v0.25.1's dataReader loop (data.go), byte by
+// byte, without the size limit: the model directData must match.
+func refDataReader(in []byte) (out []byte, consumed int, done bool) {
+	const (
+		stateBeginLine = iota
+		stateDot
+		stateDotCR
+		stateCR
+		stateData
+	)
+	state := stateBeginLine
+	for i, c := range in {
+		switch state {
+		case stateBeginLine:
+			if c == '.' {
+				state = stateDot
+				continue
+			}
+			if c == '\r' {
+				state = stateCR
+				break
+			}
+			state = stateData
+		case stateDot:
+			if c == '\r' {
+				state = stateDotCR
+				continue
+			}
+			state = stateData
+		case stateDotCR:
+			if c == '\n' {
+				return out, i + 1, true
+			}
+			state = stateData
+		case stateCR:
+			if c == '\n' {
+				state = stateBeginLine
+				break
+			}
+			state = stateData
+		case stateData:
+			if c == '\r' {
+				state = stateCR
+			}
+		}
+		out = append(out, c)
+	}
+	return out, len(in), false
+}
+
+// chunkConn is a net.Conn whose reads return fixed-size chunks.
+type chunkConn struct {
+	net.Conn
+	data []byte
+	step int
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.step)], c.data)
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// FuzzDirectData holds the fast DATA reader to go-smtp's: the same message
+// bytes, the same end of data, the same bytes left for the next command,
+// whatever the chunking. A difference here would be an SMTP smuggling bug.
+func FuzzDirectData(f *testing.F) {
+	for _, s := range []string{
+		"a\r\n.\r\nQUIT\r\n", "hello\n.\r\nMAIL FROM:<e@x>\r\n.\r\n", "hello\r\r\n.\r\nRSET\r\n.\r\n",
+		"..dot\r\n.\r\n", ".\r\n", "x\r.\r\n\r\n.\r\n", ".\rX\r\n.\r\n", "no end",
+	} {
+		f.Add([]byte(s), uint8(5))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, step uint8) {
+		wantOut, consumed, wantDone := refDataReader(in)
+		cc := &chunkConn{data: append([]byte(nil), in...), step: int(step%32) + 1}
+		tc := &trackedConn{Conn: cc}
+		d := newDirectData(tc, 0)
+		got, err := io.ReadAll(d)
+		if !bytes.Equal(got, wantOut) {
+			t.Fatalf("%q: output %q, go-smtp's %q", in, got, wantOut)
+		}
+		if d.done != wantDone {
+			t.Fatalf("%q: end of data found=%v, go-smtp's %v", in, d.done, wantDone)
+		}
+		if wantDone {
+			if err != nil {
+				t.Fatalf("%q: %v after the end of data", in, err)
+			}
+			// What go-smtp reads next: the wrapper's bytes, then the socket's.
+			next := append(append([]byte(nil), tc.ahead...), cc.data...)
+			if want := append([]byte(".\r\n"), in[consumed:]...); !bytes.Equal(next, want) {
+				t.Fatalf("%q: go-smtp reads next %q, want %q", in, next, want)
+			}
+		}
+	})
+}
+
+// The size limit: over it, nothing more is written, the rest of the
+// message is still consumed to its end, and the reader says too large.
+func TestDirectDataTooLarge(t *testing.T) {
+	in := []byte("0123456789\r\n0123456789\r\n.\r\nQUIT\r\n")
+	cc := &chunkConn{data: in, step: 7}
+	tc := &trackedConn{Conn: cc}
+	d := newDirectData(tc, 15)
+	got, err := io.ReadAll(d)
+	if err != smtp.ErrDataTooLarge || len(got) > 15 {
+		t.Fatalf("got %d bytes, %v", len(got), err)
+	}
+	if next := string(tc.ahead) + string(cc.data); next != ".\r\nQUIT\r\n" {
+		t.Fatalf("go-smtp reads next %q", next)
+	}
 }

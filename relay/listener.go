@@ -140,6 +140,13 @@ type trackedConn struct {
 	// handshake.
 	ahead    []byte
 	aheadBuf []byte
+
+	// dataAtEnd: the bytes last handed to go-smtp ended with a complete
+	// "DATA" line, so after it answers 354 its buffer is empty and the
+	// message may be read directly (directdata.go). curLine holds the
+	// start of a line split across reads.
+	dataAtEnd bool
+	curLine   []byte
 }
 
 const readAhead = 64 << 10
@@ -187,8 +194,36 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 			// and closes the connection.
 			return 0, smtp.ErrTooLongLine
 		}
+		c.noteLines(p[:n])
 	}
 	return n, err
+}
+
+// noteLines records whether b, the bytes just handed to go-smtp, ended
+// with a complete DATA command line and nothing after it.
+func (c *trackedConn) noteLines(b []byte) {
+	last := bytes.LastIndexByte(b, '\n')
+	if last < 0 {
+		if len(c.curLine) < 16 {
+			c.curLine = append(c.curLine, b[:min(len(b), 16)]...)
+		}
+		c.dataAtEnd = false
+		return
+	}
+	var line []byte
+	if last == len(b)-1 {
+		start := bytes.LastIndexByte(b[:last], '\n') + 1
+		if start == 0 {
+			line = append(c.curLine, b[:last+1]...)
+		} else {
+			line = b[start : last+1]
+		}
+		c.dataAtEnd = len(c.ahead) == 0 && (bytes.EqualFold(line, []byte("DATA\r\n")) || bytes.EqualFold(line, []byte("DATA\n")))
+		c.curLine = c.curLine[:0]
+		return
+	}
+	c.dataAtEnd = false
+	c.curLine = append(c.curLine[:0], b[last+1:min(len(b), last+17)]...)
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {

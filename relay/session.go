@@ -247,7 +247,17 @@ func (s *session) data(r io.Reader) *outcome {
 		io.Copy(io.Discard, r)
 		return &outcome{reply: errLocal}
 	}
-	msg, err := s.r.spool.receive(r)
+	var msg *message
+	var err error
+	if s.raw.takeDirect() {
+		d := newDirectData(s.raw, s.r.cfg.MaxMessageBytes)
+		msg, err = s.r.spool.receive(d)
+		// Whatever stopped the spooler, read on to the end of the message
+		// so the conversation stays in step, as go-smtp's reader does.
+		io.Copy(io.Discard, d)
+	} else {
+		msg, err = s.r.spool.receive(r)
+	}
 	if err != nil {
 		s.abortLocked()
 		reply := dataError(err)
