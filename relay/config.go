@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is everything `pixelrelay serve` can be told. It is a plain struct:
@@ -19,9 +21,9 @@ import (
 // same name with '-' for '_', the environment variable PIXELRELAY_ plus the
 // name in upper case. The doc tag is the help text.
 type Config struct {
-	Listen     string `yaml:"listen" doc:"plain SMTP listener, with STARTTLS when a certificate is set"`
-	ListenTLS  string `yaml:"listen_tls" doc:"implicit-TLS SMTP listener (port 465 style)"`
-	ListenLMTP string `yaml:"listen_lmtp" doc:"LMTP listener, for use as a Postfix content filter"`
+	Listen     Addrs  `yaml:"listen" doc:"plain SMTP listener, with STARTTLS when a certificate is set"`
+	ListenTLS  Addrs  `yaml:"listen_tls" doc:"implicit-TLS SMTP listener (port 465 style)"`
+	ListenLMTP Addrs  `yaml:"listen_lmtp" doc:"LMTP listener, for use as a Postfix content filter"`
 	TLSCert    string `yaml:"tls_cert" doc:"PEM certificate chain for the SMTP listeners"`
 	TLSKey     string `yaml:"tls_key" doc:"PEM private key for --tls-cert"`
 	Hostname   string `yaml:"hostname" doc:"name in the greeting and the Received: header (default: the host name)"`
@@ -87,6 +89,29 @@ type Config struct {
 	Tenants TenantMap `yaml:"tenants" doc:"maps AUTH users and sender domains to tenants (config file only)"`
 }
 
+// Addrs is a listener key: one HOST:PORT, or several (submission on 587
+// and 25 side by side, a second loopback port for a content filter). In
+// YAML it is a string or a list; as a flag it repeats.
+type Addrs []string
+
+// UnmarshalYAML accepts a single address as well as a list.
+func (a *Addrs) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		if n.Value == "" {
+			*a = nil
+		} else {
+			*a = Addrs{n.Value}
+		}
+		return nil
+	}
+	var list []string
+	if err := n.Decode(&list); err != nil {
+		return err
+	}
+	*a = list
+	return nil
+}
+
 // TenantMap chooses the tenant of a message: the AUTH user first, then the
 // envelope sender's domain, then "default". Consent given to one controller
 // must never enable tracking in another controller's mail.
@@ -103,7 +128,7 @@ func DefaultConfig() Config {
 		host = "localhost"
 	}
 	return Config{
-		Listen:                 "127.0.0.1:2525",
+		Listen:                 Addrs{"127.0.0.1:2525"},
 		Hostname:               host,
 		UpstreamPoolSize:       16,
 		UpstreamConnectTimeout: 15 * time.Second,
@@ -155,6 +180,11 @@ func (c *Config) Validate() error {
 			bad(key, "%q is not HOST:PORT (%v)", v, err)
 		}
 	}
+	checkAddrs := func(key string, list Addrs) {
+		for _, v := range list {
+			checkAddr(key, v, false)
+		}
+	}
 	checkFile := func(key, v string) {
 		if v == "" {
 			return
@@ -164,16 +194,16 @@ func (c *Config) Validate() error {
 		}
 	}
 
-	if c.Listen == "" && c.ListenTLS == "" && c.ListenLMTP == "" {
+	if len(c.Listen)+len(c.ListenTLS)+len(c.ListenLMTP) == 0 {
 		bad("listen", "no listener: set listen, listen_tls or listen_lmtp")
 	}
-	checkAddr("listen", c.Listen, false)
-	checkAddr("listen_tls", c.ListenTLS, false)
-	checkAddr("listen_lmtp", c.ListenLMTP, false)
+	checkAddrs("listen", c.Listen)
+	checkAddrs("listen_tls", c.ListenTLS)
+	checkAddrs("listen_lmtp", c.ListenLMTP)
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("tls_cert", "tls_cert and tls_key must be set together")
 	}
-	if c.ListenTLS != "" && c.TLSCert == "" {
+	if len(c.ListenTLS) > 0 && c.TLSCert == "" {
 		bad("listen_tls", "needs tls_cert and tls_key")
 	}
 	checkFile("tls_cert", c.TLSCert)
@@ -259,9 +289,11 @@ func (c *Config) Validate() error {
 	}
 	checkFile("users", c.Users)
 	if c.AllowInsecureAuth {
-		for key, addr := range map[string]string{"listen": c.Listen, "listen_lmtp": c.ListenLMTP} {
-			if addr != "" && !isLoopbackListen(addr) {
-				bad("allow_insecure_auth", "%s %s is not a loopback address; AUTH without TLS would send passwords in clear over the network", key, addr)
+		for key, list := range map[string]Addrs{"listen": c.Listen, "listen_lmtp": c.ListenLMTP} {
+			for _, addr := range list {
+				if !isLoopbackListen(addr) {
+					bad("allow_insecure_auth", "%s %s is not a loopback address; AUTH without TLS would send passwords in clear over the network", key, addr)
+				}
 			}
 		}
 	}

@@ -93,7 +93,7 @@ func TestParseUpstreamURL(t *testing.T) {
 
 func TestConfigValidateReportsEverything(t *testing.T) {
 	c := DefaultConfig()
-	c.Listen = "no-port"
+	c.Listen = Addrs{"no-port"}
 	c.Action = "delete"
 	c.Upstream = "ftp://x"
 	c.MaxRecipients = 0

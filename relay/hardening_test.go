@@ -152,7 +152,7 @@ func TestNeverAnOpenRelay(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := writeCert(t, dir, "relay.test")
 	h := newHarness(t, func(c *Config) {
-		c.Listen = "127.0.0.1:0"
+		c.Listen = Addrs{"127.0.0.1:0"}
 		c.AllowNet = []string{"127.0.0.1/32"}
 		c.TLSCert, c.TLSKey = cert, key
 		c.Users = writeUsers(t, dir, "app s3cret news@acme.example,@app.example")

@@ -51,7 +51,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 	dir := t.TempDir()
 	h := &harness{t: t, up: relaytest.NewUpstream(t), logs: &syncBuffer{}}
 	cfg := DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
+	cfg.Listen = Addrs{"127.0.0.1:0"}
 	cfg.HTTP = ""
 	cfg.Hostname = "relay.test"
 	cfg.Upstream = "smtp://" + h.up.Addr()

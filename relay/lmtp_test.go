@@ -12,7 +12,7 @@ import (
 // defers only the recipient whose copy failed and never sends the other
 // one a duplicate.
 func TestLMTPPerRecipientStatus(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.ListenLMTP = "127.0.0.1:0" })
+	h := newHarness(t, func(c *Config) { c.ListenLMTP = Addrs{"127.0.0.1:0"} })
 	h.setConsent("bob@example.com", "granted")
 	// alice's copy (stripped) is deferred once; bob's (original) goes through.
 	h.up.Inject(relaytest.Fault{Phase: "data", Rcpt: "alice@example.fr", Times: 1, Err: smtpErr(451, "4.3.0 try later")})

@@ -176,15 +176,17 @@ func (r *Relay) Start() error {
 		name, addr string
 		lmtp, tls  bool
 	}
-	specs := []spec{
-		{"smtp", r.cfg.Listen, false, false},
-		{"smtps", r.cfg.ListenTLS, false, true},
-		{"lmtp", r.cfg.ListenLMTP, true, false},
+	var specs []spec
+	for _, a := range r.cfg.Listen {
+		specs = append(specs, spec{"smtp", a, false, false})
+	}
+	for _, a := range r.cfg.ListenTLS {
+		specs = append(specs, spec{"smtps", a, false, true})
+	}
+	for _, a := range r.cfg.ListenLMTP {
+		specs = append(specs, spec{"lmtp", a, true, false})
 	}
 	for _, sp := range specs {
-		if sp.addr == "" {
-			continue
-		}
 		tcp, err := net.Listen("tcp", sp.addr)
 		if err != nil {
 			r.Close()
@@ -216,8 +218,8 @@ func (r *Relay) Start() error {
 	return nil
 }
 
-// Addr returns the bound address of the named listener (smtp, smtps,
-// lmtp), which tests and logs need when the port was 0.
+// Addr returns the bound address of the first listener of the named kind
+// (smtp, smtps, lmtp), which tests and logs need when the port was 0.
 func (r *Relay) Addr(name string) net.Addr {
 	r.mu.Lock()
 	defer r.mu.Unlock()

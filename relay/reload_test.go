@@ -16,7 +16,7 @@ func TestApplyReload(t *testing.T) {
 	// forwards the original.
 	cfg := h.cfg
 	cfg.DryRun = true
-	cfg.Listen = "127.0.0.1:1" // needs a restart
+	cfg.Listen = Addrs{"127.0.0.1:1"} // needs a restart
 	restart, err := h.relay.Apply(cfg)
 	if err != nil {
 		t.Fatal(err)

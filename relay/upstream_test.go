@@ -185,7 +185,7 @@ func TestFixORCPT(t *testing.T) {
 // Through the relay: Postfix's ORCPT for a UTF-8 recipient is accepted and
 // reaches the upstream as a UTF-8 original recipient.
 func TestPostfixStyleUTF8ORCPT(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.ListenLMTP = "127.0.0.1:0" })
+	h := newHarness(t, func(c *Config) { c.ListenLMTP = Addrs{"127.0.0.1:0"} })
 	for _, addr := range []string{h.addr, h.relay.Addr("lmtp").String()} {
 		c := dialFrom(t, addr, "")
 		c.reply()

@@ -169,7 +169,7 @@ func splitList(s string) []string {
 // do when a flag is repeated.
 func setField(f reflect.Value, vals []string) error {
 	if f.Kind() == reflect.Slice {
-		f.Set(reflect.ValueOf(append([]string(nil), vals...)))
+		f.Set(reflect.ValueOf(append([]string(nil), vals...)).Convert(f.Type()))
 		return nil
 	}
 	s := vals[len(vals)-1]
