@@ -74,8 +74,9 @@ type AuditLog struct {
 	path string
 	prev string
 	// dirty is set when lines were written since the last fsync.
-	dirty bool
-	stop  chan struct{}
+	dirty     bool
+	stop      chan struct{}
+	closeOnce sync.Once
 }
 
 // OpenAuditLog opens (or creates) path for appending, or stdout for "-".
@@ -188,11 +189,15 @@ func (a *AuditLog) Close() error {
 	if a.f == nil {
 		return nil
 	}
-	close(a.stop)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.f.Sync()
-	return a.f.Close()
+	var err error
+	a.closeOnce.Do(func() {
+		close(a.stop)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.f.Sync()
+		err = a.f.Close()
+	})
+	return err
 }
 
 // Delivered records a message every recipient of which the upstream

@@ -3,12 +3,15 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pixelrelay/pixelrelay/beacon"
 	"github.com/pixelrelay/pixelrelay/consent"
 	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 	"github.com/pixelrelay/pixelrelay/rewrite"
@@ -25,6 +28,7 @@ type harness struct {
 	up        *relaytest.Upstream
 	audit     *AuditLog
 	auditPath string
+	beacons   *beacon.Beacons
 	addr      string
 	logs      *syncBuffer
 }
@@ -89,9 +93,14 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// The real beacon store, as serve opens it.
+	h.beacons, err = beacon.Open(store.DB(), beacon.Options{Base: cfg.BeaconBase, MinBatch: cfg.BeaconMinBatch})
+	if err != nil {
+		t.Fatal(err)
+	}
 	r, err := New(cfg, Deps{
 		Consent: store, Rewriter: engine, Upstream: up, Audit: audit,
-		RetryMemory: retry, Logger: logger, Version: "test",
+		RetryMemory: retry, Logger: logger, Version: "test", Beacons: h.beacons,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +114,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 		r.Close()
 		up.Close()
 		audit.Close()
+		h.beacons.Close()
 		store.Close()
 	})
 	return h
@@ -131,3 +141,23 @@ func (h *harness) setConsent(addr, state string) {
 }
 
 var _ = rewrite.Keep
+
+// auditRecords parses the audit log written so far.
+func (h *harness) auditRecords() []AuditRecord {
+	h.t.Helper()
+	data, err := os.ReadFile(h.auditPath)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []AuditRecord
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var r AuditRecord
+		if err := json.Unmarshal(line, &r); err != nil {
+			h.t.Fatalf("audit line %q: %v", line, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func beaconFilterAll() beacon.Filter { return beacon.Filter{Tenant: "*"} }

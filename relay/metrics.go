@@ -10,6 +10,7 @@ import (
 type metrics struct {
 	connections      *prometheus.CounterVec
 	connectionsOpen  prometheus.Gauge
+	sessions         *prometheus.CounterVec
 	messages         *prometheus.CounterVec
 	recipients       *prometheus.CounterVec
 	trackers         *prometheus.CounterVec
@@ -30,6 +31,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		connectionsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pixelrelay_connections_open", Help: "SMTP connections open now.",
 		}),
+		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pixelrelay_sessions_total", Help: "SMTP/LMTP sessions (a greeting accepted), by listener kind and whether TLS was on.",
+		}, []string{"listener", "tls"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pixelrelay_messages_total", Help: "Messages by outcome: delivered, partial, deferred, refused, rejected.",
 		}, []string{"outcome"}),
@@ -64,7 +68,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.connectionsOpen, m.messages, m.recipients, m.trackers,
+		reg.MustRegister(m.connections, m.connectionsOpen, m.sessions, m.messages, m.recipients, m.trackers,
 			m.rewriteSeconds, m.upstreamSeconds, m.upstreamErrors, m.partialFailures, m.consentLookups,
 			m.authFailures, m.rejectedMessages)
 	}

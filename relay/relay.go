@@ -351,6 +351,11 @@ func (r *Relay) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if s.raw = rawConn(c.Conn()); s.raw != nil {
 		s.raw.sess.Store(s)
 	}
+	kind := "smtp"
+	if s.lmtp {
+		kind = "lmtp"
+	}
+	r.metrics.sessions.WithLabelValues(kind, fmt.Sprint(s.tls)).Inc()
 	return s, nil
 }
 

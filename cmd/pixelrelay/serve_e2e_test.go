@@ -347,6 +347,7 @@ func TestE2EHealthReadinessMetrics(t *testing.T) {
 		`pixelrelay_trackers_total{action="strip",vendor="Mailchimp"} 1`,
 		`pixelrelay_consent_lookups_total{result="ok"} 2`,
 		`pixelrelay_db_size_bytes`,
+		`pixelrelay_sessions_total{listener="smtp",tls="false"} 1`,
 	} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
@@ -397,5 +398,19 @@ func TestE2EBackupRestore(t *testing.T) {
 	}
 	if _, c := s2.api("GET", "/v1/consent/carol@example.org", nil); !bytes.Contains(c, []byte(`"denied"`)) {
 		t.Errorf("carol after restore: %s", c)
+	}
+}
+
+// A second serve on the same database fails at once, saying why.
+func TestE2ESecondServeOnSameDatabase(t *testing.T) {
+	s := startServe(t)
+	start := time.Now()
+	code, out := runCLI(t, nil, "serve", "--db", s.db, "--listen", fmt.Sprintf("127.0.0.1:%d", loopbackPort(t)),
+		"--http", fmt.Sprintf("127.0.0.1:%d", loopbackPort(t)), "--audit-log", filepath.Join(t.TempDir(), "a.jsonl"))
+	if code != 1 || !strings.Contains(out, "is in use by a running pixelrelay") {
+		t.Fatalf("second serve: exit %d, %s", code, out)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the second serve took %v to give up", d)
 	}
 }
