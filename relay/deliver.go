@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/textproto"
@@ -34,7 +35,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	ctx := context.Background()
 	relayID := newID()
 	now := time.Now()
-	received := receivedHeader(s.helo, s.remote, r.cfg.Hostname, protocolName(s.lmtp, s.tls, s.user != ""), relayID, now)
+	received := receivedHeader(s.helo, s.remote, r.cfg.Hostname, protocolName(s.lmtp, s.tls, tx.user != ""), relayID, now)
 	campaign := CampaignKey(msg.header, tx.conf.cfg.CampaignHeaders, tx.from)
 	enforced, beaconURL := r.enforcement(tx, campaign, now)
 
@@ -73,8 +74,12 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 			}
 		}
 		if len(pending) == 0 {
-			g.tx.Abort()
-			g.tx = nil
+			// Everyone in the group already has it (a retry); its upstream
+			// transaction, if it still has one, carries nothing.
+			if g.tx != nil {
+				g.tx.Abort()
+				g.tx = nil
+			}
 			continue
 		}
 		if g.tx == nil || len(pending) < len(g.rcpts) {
@@ -90,6 +95,16 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 			d.BeaconURL = beaconURL
 		}
 		reply, rep, dk, err := r.send(ctx, tx.conf, g, received, msg, d)
+		var ue *UpstreamError
+		if errors.As(err, &ue) && ue.Phase == "data-command" {
+			// The transaction opened at RCPT went stale while the client
+			// uploaded (upstreams drop idle clients after a few minutes).
+			// Nothing was sent on it, so a fresh one is safe.
+			r.log.Info("upstream connection went idle during the upload; retrying on a new one", "err", redactAddresses(err.Error()))
+			if r.reopen(ctx, tx, g, pending); g.tx != nil {
+				reply, rep, dk, err = r.send(ctx, tx.conf, g, received, msg, d)
+			}
+		}
 		if rep != nil {
 			report = rep
 		}
@@ -113,7 +128,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	}
 	problems = append(problems, report.Problems...)
 
-	out := r.settle(s, tx, msg, key, replies)
+	out := r.settle(s, tx, msg, key, before != nil, replies)
 	r.audit(tx, msg, relayID, campaign, enforced, report, replies, problems, dkimStatus, out)
 	return out
 }
@@ -283,7 +298,7 @@ func (r *Relay) detect(tx *transaction, msg *message, enforced rewrite.Action) *
 // keeps that retry from duplicating the copies already delivered; a
 // permanent failure next to successes is reported by a DSN, as a queueing
 // MTA would.
-func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, replies []Reply) *outcome {
+func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, retried bool, replies []Reply) *outcome {
 	var ok, temp, perm []*recipient
 	for _, rc := range tx.rcpts {
 		switch {
@@ -293,6 +308,13 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 			perm = append(perm, rc)
 		default:
 			temp = append(temp, rc)
+		}
+	}
+	if retried && len(ok) > 0 && r.deps.RetryMemory != nil {
+		// A retry: whoever has the message now is remembered too, so a
+		// further attempt (our 250 lost on the wire) duplicates nothing.
+		if err := r.deps.RetryMemory.Remember(key, pseudonyms(ok)); err != nil {
+			r.log.Error("cannot record delivered recipients; a further retry may duplicate them", "err", err)
 		}
 	}
 	out := &outcome{}
@@ -323,7 +345,21 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 		out.reply = upstreamReply(temp[0].status)
 	case len(perm) > 0 && len(ok) > 0:
 		r.metrics.partialFailures.WithLabelValues("permanent").Inc()
-		r.sendDSN(tx, msg, perm)
+		if err := r.sendDSN(tx, msg, wantFailureDSN(perm)); err != nil {
+			// The sender must hear of the refused recipients one way or
+			// another: without our DSN, the client keeps the message and
+			// retries; the delivered recipients are remembered, so only the
+			// refused ones are tried again, and in the end the client
+			// reports them itself.
+			if key == "" {
+				key = retryKey(tx, msg)
+			}
+			if r.deps.RetryMemory != nil {
+				r.deps.RetryMemory.Remember(key, pseudonyms(ok))
+			}
+			out.reply = errPartial
+			break
+		}
 		out.reply = okReply(replies)
 	case len(perm) > 0:
 		out.reply = upstreamReply(perm[0].status)
@@ -516,11 +552,62 @@ func (r *Relay) enforcement(tx *transaction, campaign string, now time.Time) (re
 	}
 	url, ok, err := r.deps.Beacons.Decide(tx.tenant, campaign, n, now)
 	if err != nil {
-		r.log.Warn("beacon decision failed; stripping", "tenant", tx.tenant, "err", err)
+		r.log.Warn("beacon decision failed; stripping", "tenant", tx.tenant, "err", redactAddresses(err.Error()))
 		return rewrite.Strip, ""
 	}
 	if !ok {
 		return rewrite.Strip, ""
 	}
 	return rewrite.Beacon, url
+}
+
+// auditRejected records a message the relay refused while receiving it
+// (bare line endings, size, header, line length): nothing went upstream,
+// and the record says so and why.
+func (r *Relay) auditRejected(tx *transaction, reply *smtp.SMTPError) {
+	rec := &AuditRecord{
+		Time:         time.Now().UTC(),
+		Tenant:       tx.tenant,
+		RelayVersion: r.deps.Version,
+		RulesVersion: r.deps.Rewriter.RulesVersion(),
+		SenderDomain: domainOf(tx.from),
+		DryRun:       tx.conf.cfg.DryRun,
+		DKIM:         dkimNone,
+		Upstream:     Reply{Code: reply.Code, Text: reply.Message},
+		DurationMS:   time.Since(tx.start).Milliseconds(),
+	}
+	for _, rc := range tx.rcpts {
+		ar := AuditRecipient{Pseudonym: rc.pseudonym, Consent: rc.consent, Action: string(rewrite.Keep), Status: reply.Code}
+		if rc.consent != string(consent.Granted) {
+			ar.Action = string(rewrite.Strip)
+		}
+		if tx.conf.cfg.AuditPlaintext {
+			ar.Address = rc.addr
+		}
+		rec.Recipients = append(rec.Recipients, ar)
+	}
+	if err := r.deps.Audit.Rejected(rec); err != nil {
+		r.log.Error("cannot write the audit log", "err", err)
+	}
+	r.metrics.messages.WithLabelValues("rejected").Inc()
+}
+
+// wantFailureDSN keeps the refused recipients whose NOTIFY asks for a
+// failure notice (RFC 3461 §4.1): FAILURE, or no NOTIFY at all. NEVER, or
+// SUCCESS/DELAY alone, means no DSN for that recipient.
+func wantFailureDSN(rcpts []*recipient) []*recipient {
+	var out []*recipient
+	for _, rc := range rcpts {
+		if rc.opts == nil || len(rc.opts.Notify) == 0 {
+			out = append(out, rc)
+			continue
+		}
+		for _, n := range rc.opts.Notify {
+			if n == smtp.DSNNotifyFailure {
+				out = append(out, rc)
+				break
+			}
+		}
+	}
+	return out
 }

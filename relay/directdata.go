@@ -83,8 +83,10 @@ func (d *directData) Read(p []byte) (int, error) {
 	if d.done {
 		if !d.handedBack {
 			// What the client sent after the message stays for go-smtp,
-			// behind the end-of-data line its own reader now finds.
+			// behind the end-of-data line its own reader now finds; the
+			// wrapper's scanner finds it too and reads on as commands.
 			d.c.ahead = append([]byte(".\r\n"), d.in...)
+			d.c.ddState = ddBeginLine
 			d.in = nil
 			d.handedBack = true
 		}
@@ -173,4 +175,57 @@ func (d *directData) step(out []byte) int {
 		emit([]byte{c})
 	}
 	return n
+}
+
+// scanDataEnd runs go-smtp's end-of-data state machine over b from *state
+// and returns how many bytes belong to the message, end marker included,
+// and whether the marker was found. The wrapper uses it to know where the
+// client's commands resume after a message it does not read itself.
+func scanDataEnd(state *int, b []byte) (int, bool) {
+	i := 0
+	for i < len(b) {
+		if *state == ddData {
+			j := bytes.IndexByte(b[i:], '\r')
+			if j < 0 {
+				return len(b), false
+			}
+			i += j
+		}
+		c := b[i]
+		i++
+		switch *state {
+		case ddBeginLine:
+			switch c {
+			case '.':
+				*state = ddDot
+			case '\r':
+				*state = ddCR
+			default:
+				*state = ddData
+			}
+		case ddDot:
+			if c == '\r' {
+				*state = ddDotCR
+			} else {
+				*state = ddData
+			}
+		case ddDotCR:
+			if c == '\n' {
+				*state = ddBeginLine
+				return i, true
+			}
+			*state = ddData
+		case ddCR:
+			if c == '\n' {
+				*state = ddBeginLine
+			} else {
+				*state = ddData
+			}
+		case ddData:
+			if c == '\r' {
+				*state = ddCR
+			}
+		}
+	}
+	return i, false
 }

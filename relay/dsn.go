@@ -16,30 +16,37 @@ import (
 // others got the message. The client saw 250 for the whole message (the
 // delivered recipients must not be retried), so this is its only news of
 // the failures, exactly as from a queueing MTA.
-func (r *Relay) sendDSN(tx *transaction, msg *message, failed []*recipient) {
+func (r *Relay) sendDSN(tx *transaction, msg *message, failed []*recipient) error {
+	if len(failed) == 0 {
+		r.log.Info("recipients refused permanently; their NOTIFY asks for no failure DSN")
+		return nil
+	}
 	if tx.from == "" {
 		// RFC 3461: never send a DSN about a DSN (null sender).
 		r.log.Warn("recipients refused permanently; null sender, so no DSN", "refused", len(failed))
-		return
+		return nil
 	}
 	body := buildDSN(r.cfg.Hostname, tx, msg, failed, time.Now())
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.UpstreamConnectTimeout+r.cfg.UpstreamDataTimeout)
 	defer cancel()
+	fail := func(phase string, err error) error {
+		r.log.Error("cannot send the DSN for recipients refused permanently; answering 4xx so the client keeps the message",
+			"phase", phase, "err", redactAddresses(err.Error()), "refused", len(failed))
+		return err
+	}
 	t, err := r.deps.Upstream.Begin(ctx, "", nil)
 	if err != nil {
-		r.log.Error("cannot send DSN for refused recipients", "phase", "mail", "err", err, "refused", len(failed))
-		return
+		return fail("mail", err)
 	}
 	if err := t.Rcpt(ctx, tx.wireFrom, nil); err != nil {
 		t.Abort()
-		r.log.Error("cannot send DSN for refused recipients", "phase", "rcpt", "err", err, "refused", len(failed))
-		return
+		return fail("rcpt", err)
 	}
 	if _, err := t.Data(ctx, func(w io.Writer) error { _, err := w.Write(body); return err }); err != nil {
-		r.log.Error("cannot send DSN for refused recipients", "phase", "data", "err", err, "refused", len(failed))
-		return
+		return fail("data", err)
 	}
 	r.log.Info("sent DSN to the sender for recipients refused permanently", "refused", len(failed))
+	return nil
 }
 
 // buildDSN composes a multipart/report (RFC 3462) with a human part, the

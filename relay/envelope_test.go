@@ -113,3 +113,17 @@ func TestConfigValidateReportsEverything(t *testing.T) {
 		t.Errorf("the default config is invalid: %v", err)
 	}
 }
+
+func TestRedactAddresses(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"5.1.1 <bob@example.com>: Recipient address rejected", "5.1.1 <[address]>: Recipient address rejected"},
+		{`invalid address "john doe"@example.org here`, "invalid address [address] here"},
+		{"user jörg@exämple.de unknown", "user [address] unknown"},
+		{"a@[192.0.2.1]", "[address]"},
+		{"no address here, just 4.2.2 mailbox full", "no address here, just 4.2.2 mailbox full"},
+	} {
+		if got := redactAddresses(tc.in); got != tc.want {
+			t.Errorf("%q: got %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -228,6 +228,16 @@ func FuzzDirectData(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte, step uint8) {
 		wantOut, consumed, wantDone := refDataReader(in)
+		// The wrapper's scanner ends where go-smtp does, however the bytes
+		// are split.
+		st, at, ended := ddBeginLine, 0, false
+		for i := 0; i < len(in) && !ended; i += int(step%32) + 1 {
+			k, e := scanDataEnd(&st, in[i:min(len(in), i+int(step%32)+1)])
+			at, ended = i+k, e
+		}
+		if ended != wantDone || ended && at != consumed {
+			t.Fatalf("%q: scanner ended=%v at %d, go-smtp %v at %d", in, ended, at, wantDone, consumed)
+		}
 		cc := &chunkConn{data: append([]byte(nil), in...), step: int(step%32) + 1}
 		tc := &trackedConn{Conn: cc}
 		d := newDirectData(tc, 0)

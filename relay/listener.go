@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,8 +129,8 @@ type trackedConn struct {
 	// On listeners without TLS, command lines are limited here rather
 	// than by go-smtp, whose limit walks every byte, message data
 	// included, one at a time. Message lines are limited by the spooler;
-	// inData is set when a 354 goes out and cleared by the next reply,
-	// which go-smtp only writes once the message is read. Under TLS the
+	// inData is set when a 354 goes out and cleared at the end-of-data
+	// line, found with go-smtp's own rule (scanDataEnd). Under TLS the
 	// wrapper sees only ciphertext, so go-smtp keeps that job there.
 	inData  atomic.Bool
 	lineLen int
@@ -144,9 +146,16 @@ type trackedConn struct {
 	// dataAtEnd: the bytes last handed to go-smtp ended with a complete
 	// "DATA" line, so after it answers 354 its buffer is empty and the
 	// message may be read directly (directdata.go). curLine holds the
-	// start of a line split across reads.
+	// start of a line split across reads; chunkLeft the BDAT chunk bytes
+	// still to pass through.
 	dataAtEnd bool
 	curLine   []byte
+	chunkLeft int64
+	ddState   int // go-smtp's end-of-data state while inData
+	// dataUntil is the message's deadline (unix nanoseconds) while Data
+	// runs; go-smtp's per-command deadlines between BDAT chunks must not
+	// extend it.
+	dataUntil atomic.Int64
 }
 
 const readAhead = 64 << 10
@@ -181,59 +190,127 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		n, err = c.Conn.Read(p)
 		c.reading.Store(false)
 	}
-	if n > 0 && c.limitLines && !c.inData.Load() && bytes.Contains(bytes.ToUpper(p[:n]), []byte("ORCPT=RFC822;")) {
-		if fixed := fixORCPT(p[:n]); len(fixed) != n || !bytes.Equal(fixed, p[:n]) {
-			k := copy(p, fixed)
-			c.ahead = append(append([]byte(nil), fixed[k:]...), c.ahead...)
-			n = k
+	if n > 0 && c.limitLines {
+		var ferr error
+		if n, ferr = c.filterCommands(p, n); ferr != nil {
+			return 0, ferr
 		}
-	}
-	if n > 0 && c.limitLines && !c.inData.Load() {
-		if c.lineLen = longestLine(p[:n], c.lineLen, c.r.cfg.MaxLineLength); c.lineLen < 0 {
-			// go-smtp answers this error with "500 5.4.0 Too long line"
-			// and closes the connection.
-			return 0, smtp.ErrTooLongLine
-		}
-		c.noteLines(p[:n])
 	}
 	return n, err
 }
 
-// noteLines records whether b, the bytes just handed to go-smtp, ended
-// with a complete DATA command line and nothing after it.
-func (c *trackedConn) noteLines(b []byte) {
-	last := bytes.LastIndexByte(b, '\n')
-	if last < 0 {
-		if len(c.curLine) < 16 {
-			c.curLine = append(c.curLine, b[:min(len(b), 16)]...)
+// filterCommands walks the plaintext bytes about to be handed to go-smtp
+// the way go-smtp will read them: command lines, message data after a 354,
+// and BDAT chunks of the declared size. Only command lines are looked at:
+// their length is limited, Postfix's ORCPT spelling of a UTF-8 address is
+// translated (orcpt.go), and a final DATA line is noted for the fast DATA
+// path. Message bytes, in DATA or in a BDAT chunk, pass untouched: treating
+// them as commands would let a message's text rewrite itself, or shift the
+// chunk boundary and smuggle commands.
+func (c *trackedConn) filterCommands(p []byte, n int) (int, error) {
+	b := p[:n]
+	var out []byte // set only once a line changes
+	done := 0      // bytes of p[:n] already accounted for
+	emit := func(seg []byte, changed bool) {
+		if out == nil && changed {
+			out = append(make([]byte, 0, n+64), p[:done]...)
 		}
-		c.dataAtEnd = false
-		return
-	}
-	var line []byte
-	if last == len(b)-1 {
-		start := bytes.LastIndexByte(b[:last], '\n') + 1
-		if start == 0 {
-			line = append(c.curLine, b[:last+1]...)
-		} else {
-			line = b[start : last+1]
+		if out != nil {
+			out = append(out, seg...)
 		}
-		c.dataAtEnd = len(c.ahead) == 0 && (bytes.EqualFold(line, []byte("DATA\r\n")) || bytes.EqualFold(line, []byte("DATA\n")))
-		c.curLine = c.curLine[:0]
-		return
 	}
 	c.dataAtEnd = false
-	c.curLine = append(c.curLine[:0], b[last+1:min(len(b), last+17)]...)
+	for len(b) > 0 {
+		if c.inData.Load() {
+			k, ended := scanDataEnd(&c.ddState, b)
+			emit(b[:k], false)
+			b, done = b[k:], done+k
+			if ended {
+				c.inData.Store(false)
+			}
+			continue
+		}
+		if c.chunkLeft > 0 {
+			k := int(min(int64(len(b)), c.chunkLeft))
+			c.chunkLeft -= int64(k)
+			emit(b[:k], false)
+			b, done = b[k:], done+k
+			continue
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			if c.lineLen += len(b); c.lineLen > c.r.cfg.MaxLineLength+1 {
+				return 0, smtp.ErrTooLongLine
+			}
+			c.curLine = append(c.curLine, b[:min(len(b), max(0, 64-len(c.curLine)))]...)
+			emit(b, false)
+			break
+		}
+		seg := b[:i+1]
+		b = b[i+1:]
+		if c.lineLen+i-1 > c.r.cfg.MaxLineLength {
+			// go-smtp answers this error with "500 5.4.0 Too long line"
+			// and closes the connection.
+			return 0, smtp.ErrTooLongLine
+		}
+		line := seg
+		if len(c.curLine) > 0 {
+			line = append(c.curLine, seg[:min(len(seg), 64)]...)
+		}
+		whole := c.lineLen == 0
+		c.lineLen = 0
+		c.curLine = c.curLine[:0]
+		fixed, changed := seg, false
+		if whole { // the whole line is in this read
+			fixed, changed = fixORCPTLine(seg)
+		}
+		emit(fixed, changed)
+		done += len(seg)
+		c.chunkLeft = bdatSize(line)
+		c.dataAtEnd = len(b) == 0 && len(c.ahead) == 0 && isDataLine(line)
+	}
+	if out == nil {
+		return n, nil
+	}
+	k := copy(p, out)
+	if k < len(out) {
+		c.ahead = append(append([]byte(nil), out[k:]...), c.ahead...)
+	}
+	return k, nil
+}
+
+func isDataLine(line []byte) bool {
+	return bytes.EqualFold(line, []byte("DATA\r\n")) || bytes.EqualFold(line, []byte("DATA\n"))
+}
+
+// bdatSize is the size of the chunk that follows a BDAT command line, as
+// go-smtp parses it (conn.go handleBdat): go-smtp reads exactly that many
+// bytes after the line whenever the size parses, even when it refuses the
+// command, and none when it does not.
+func bdatSize(line []byte) int64 {
+	l := strings.TrimRight(string(line), "\r\n")
+	cmd, arg, _ := strings.Cut(l, " ")
+	if !strings.EqualFold(cmd, "BDAT") {
+		return 0
+	}
+	args := strings.Fields(arg)
+	if len(args) == 0 || len(args) > 2 || len(args) == 2 && !strings.EqualFold(args[1], "LAST") {
+		return 0
+	}
+	size, err := strconv.ParseUint(args[0], 10, 32)
+	if err != nil {
+		return 0
+	}
+	return int64(size)
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
-	if c.limitLines {
-		if bytes.HasPrefix(p, []byte("354 ")) {
-			c.inData.Store(true)
-		} else if c.inData.Load() {
-			c.inData.Store(false)
-			c.lineLen = 0
-		}
+	if c.limitLines && bytes.HasPrefix(p, []byte("354 ")) {
+		// The message starts; filterCommands finds its end with go-smtp's
+		// own end-of-data rule, and commands resume right after it.
+		c.inData.Store(true)
+		c.ddState = ddBeginLine
+		c.lineLen = 0
 	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfter.Load() {
@@ -263,7 +340,11 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	if s := c.sess.Load(); s != nil && s.inTransaction() {
 		d = conf.CommandTimeout
 	}
-	return c.Conn.SetReadDeadline(time.Now().Add(d))
+	dl := time.Now().Add(d)
+	if until := c.dataUntil.Load(); until != 0 && until < dl.UnixNano() {
+		dl = time.Unix(0, until)
+	}
+	return c.Conn.SetReadDeadline(dl)
 }
 
 func (c *trackedConn) SetDeadline(t time.Time) error {

@@ -7,39 +7,15 @@ import (
 	"unicode/utf8"
 )
 
-// fixORCPT rewrites, in complete command lines, an ORCPT of type rfc822
-// whose xtext decodes to non-ASCII into the utf-8 type of RFC 6533.
+// fixORCPTLine rewrites an ORCPT of type rfc822 whose xtext decodes to
+// non-ASCII into the utf-8 type of RFC 6533, in one complete RCPT line.
 //
 // Postfix's smtp and lmtp clients send a UTF-8 original recipient as
 // ORCPT=rfc822;jos+C3+A9@example.fr. RFC 3461 wants rfc822 addresses in
 // ASCII, so go-smtp answers 501 before the session sees the RCPT, and
 // Postfix bounces that recipient: as a content filter, pixelrelay would
-// lose its mail. The meaning is unambiguous, so the wrapper passes it on
-// in the form go-smtp accepts. It returns b itself when nothing changes.
-func fixORCPT(b []byte) []byte {
-	var out []byte
-	rest := b
-	for len(rest) > 0 {
-		nl := bytes.IndexByte(rest, '\n')
-		if nl < 0 {
-			break // an incomplete line is left as it is
-		}
-		line := rest[:nl+1]
-		rest = rest[nl+1:]
-		fixed, ok := fixORCPTLine(line)
-		if ok && out == nil {
-			out = append(make([]byte, 0, len(b)+32), b[:len(b)-len(rest)-len(line)]...)
-		}
-		if out != nil {
-			out = append(out, fixed...)
-		}
-	}
-	if out == nil {
-		return b
-	}
-	return append(out, rest...)
-}
-
+// lose its mail. The meaning is unambiguous, so the connection wrapper
+// (filterCommands) passes it on in the form go-smtp accepts.
 func fixORCPTLine(line []byte) ([]byte, bool) {
 	if len(line) < 5 || !bytes.EqualFold(line[:5], []byte("RCPT ")) {
 		return line, false

@@ -331,10 +331,10 @@ func (r *Relay) Close() error {
 type slogPrinter struct{ l *slog.Logger }
 
 func (p slogPrinter) Printf(format string, v ...any) {
-	p.l.Warn("smtp server", "msg", strings.TrimSpace(fmt.Sprintf(format, v...)))
+	p.l.Warn("smtp server", "msg", redactAddresses(strings.TrimSpace(fmt.Sprintf(format, v...))))
 }
 func (p slogPrinter) Println(v ...any) {
-	p.l.Warn("smtp server", "msg", strings.TrimSpace(fmt.Sprintln(v...)))
+	p.l.Warn("smtp server", "msg", redactAddresses(strings.TrimSpace(fmt.Sprintln(v...))))
 }
 
 // NewSession implements smtp.Backend. go-smtp calls it at the first

@@ -81,3 +81,6 @@ func (r *Relay) Apply(cfg Config) (needRestart []string, err error) {
 	r.live.Store(l)
 	return needRestart, nil
 }
+
+// Config is the configuration in force now, reloads included.
+func (r *Relay) Config() Config { return r.conf().cfg }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +59,7 @@ type transaction struct {
 	wireFrom string // re-quoted for the upstream
 	opts     *smtp.MailOptions
 	tenant   string
+	user     string // the AUTH identity the transaction was started under
 	rcpts    []*recipient
 	// Two groups: recipients who consented get the original (keep); the
 	// others get the enforced copy (strip, or beacon once the campaign is
@@ -122,6 +122,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		wireFrom: wire,
 		opts:     opts,
 		tenant:   s.r.tenantFor(s.user, from),
+		user:     s.user,
 		keep:     &group{},
 		enforce:  &group{enforce: true},
 	}
@@ -180,8 +181,15 @@ func (s *session) proxyRcpt(ctx context.Context, tx *transaction, g *group, rc *
 	}
 	if err := g.tx.Rcpt(ctx, rc.wire, rc.opts); err != nil {
 		s.r.upstreamFailed("rcpt", err)
-		if !isSMTPReply(err) {
+		var se *smtp.SMTPError
+		switch {
+		case !errors.As(err, &se):
 			g.broken = err
+			g.tx = nil
+		case se.Code == 421:
+			// The upstream closed the channel: this recipient hears 4xx,
+			// and the group's transaction is opened afresh (at the next
+			// RCPT, or at DATA for those already accepted).
 			g.tx = nil
 		}
 		return upstreamReply(err)
@@ -195,10 +203,10 @@ func isSMTPReply(err error) bool {
 }
 
 func (s *session) Data(r io.Reader) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	tx := s.takeTx()
 	s.setDataDeadline()
-	out := s.data(r)
+	out := s.data(tx, r)
+	s.endData()
 	if out == nil || out.reply == nil {
 		// A nil *SMTPError in an error interface is not nil, and go-smtp
 		// would dereference it: return a true nil for "250 OK".
@@ -210,11 +218,10 @@ func (s *session) Data(r io.Reader) error {
 // LMTPData gives Postfix one status per recipient, so it defers only the
 // recipients that failed and never sends the others a duplicate.
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	tx := s.takeTx()
 	s.setDataDeadline()
-	tx := s.tx // data ends the transaction; its recipients are needed after
-	out := s.data(r)
+	out := s.data(tx, r)
+	s.endData()
 	if out == nil || out.perRecipient == nil {
 		if out == nil || out.reply == nil {
 			return nil
@@ -232,17 +239,40 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	return nil
 }
 
+// takeTx hands the transaction to Data, which owns it from then on. Data
+// holds no lock while the message streams: under BDAT, go-smtp runs it in
+// a goroutine and may meanwhile call Reset or Logout (STARTTLS or AUTH
+// between chunks), which must not wait for a message that only the
+// command loop can deliver.
+func (s *session) takeTx() *transaction {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tx := s.tx
+	s.tx = nil
+	return tx
+}
+
+func (s *session) endData() {
+	s.inTx.Store(false)
+	if s.raw != nil {
+		s.raw.dataUntil.Store(0)
+	}
+}
+
 // setDataDeadline bounds the whole message transfer: go-smtp sets no
 // deadline while DATA streams, so a client trickling bytes would hold the
 // session (and its upstream transactions) forever.
 func (s *session) setDataDeadline() {
 	if s.raw != nil {
-		s.raw.Conn.SetReadDeadline(time.Now().Add(s.r.conf().cfg.DataTimeout))
+		until := time.Now().Add(s.r.conf().cfg.DataTimeout)
+		// Kept across BDAT chunks too: go-smtp would reset the deadline
+		// at each BDAT command line (see trackedConn.SetReadDeadline).
+		s.raw.dataUntil.Store(until.UnixNano())
+		s.raw.Conn.SetReadDeadline(until)
 	}
 }
 
-func (s *session) data(r io.Reader) *outcome {
-	tx := s.tx
+func (s *session) data(tx *transaction, r io.Reader) *outcome {
 	if tx == nil {
 		io.Copy(io.Discard, r)
 		return &outcome{reply: errLocal}
@@ -259,7 +289,7 @@ func (s *session) data(r io.Reader) *outcome {
 		msg, err = s.r.spool.receive(r)
 	}
 	if err != nil {
-		s.abortLocked()
+		tx.abort()
 		reply := dataError(err)
 		s.r.metrics.rejectedMessages.WithLabelValues(rejectReason(err)).Inc()
 		if reply.Code == 421 {
@@ -268,15 +298,15 @@ func (s *session) data(r io.Reader) *outcome {
 		if errors.Is(err, errBareLineEnding) {
 			s.r.log.Warn("refused a message with bare CR or LF (possible SMTP smuggling)", "remote", s.remote.String())
 		} else if reply == errLocal {
-			s.r.log.Error("could not receive message", "err", err)
+			s.r.log.Error("could not receive message", "err", redactAddresses(err.Error()))
+		}
+		if !errors.Is(err, smtp.ErrDataReset) && reply.Code != 421 {
+			s.r.auditRejected(tx, reply)
 		}
 		return &outcome{reply: reply}
 	}
 	defer msg.Close()
-	out := s.r.deliver(s, tx, msg)
-	s.tx = nil
-	s.inTx.Store(false)
-	return out
+	return s.r.deliver(s, tx, msg)
 }
 
 func (s *session) Reset() {
@@ -297,14 +327,19 @@ func (s *session) abortLocked() {
 	if s.tx == nil {
 		return
 	}
-	for _, g := range []*group{s.tx.keep, s.tx.enforce} {
+	s.tx.abort()
+	s.tx = nil
+	s.inTx.Store(false)
+}
+
+// abort ends the transaction's open upstream transactions.
+func (tx *transaction) abort() {
+	for _, g := range []*group{tx.keep, tx.enforce} {
 		if g.tx != nil {
 			g.tx.Abort()
 			g.tx = nil
 		}
 	}
-	s.tx = nil
-	s.inTx.Store(false)
 }
 
 // lookupConsent fails closed: any error is "error", which strips.
@@ -315,9 +350,7 @@ func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym strin
 	if err != nil {
 		r.metrics.consentLookups.WithLabelValues("error").Inc()
 		// The store's message may quote the address; the log must not.
-		msg := strings.ReplaceAll(err.Error(), addr, pseudonym)
-		msg = strings.ReplaceAll(msg, strings.ToLower(addr), pseudonym)
-		r.log.Warn("consent lookup failed; stripping for this recipient", "tenant", tenant, "recipient", pseudonym, "err", msg)
+		r.log.Warn("consent lookup failed; stripping for this recipient", "tenant", tenant, "recipient", pseudonym, "err", redactAddresses(err.Error()))
 		return "error"
 	}
 	r.metrics.consentLookups.WithLabelValues("ok").Inc()
@@ -330,7 +363,7 @@ func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym strin
 func (r *Relay) pseudonym(addr string) string {
 	p, err := r.deps.Consent.Pseudonym(addr)
 	if err != nil {
-		r.log.Error("cannot pseudonymise a recipient", "err", err)
+		r.log.Error("cannot pseudonymise a recipient", "err", redactAddresses(err.Error()))
 		return "hmac-sha256:unavailable"
 	}
 	return p
@@ -347,10 +380,10 @@ func (r *Relay) upstreamFailed(phase string, err error) {
 	}
 	r.metrics.upstreamErrors.WithLabelValues(phase, kind).Inc()
 	if isSMTPReply(err) {
-		r.log.Info("upstream refused", "phase", phase, "reply", err.Error())
+		r.log.Info("upstream refused", "phase", phase, "reply", redactAddresses(err.Error()))
 		return
 	}
-	r.log.Warn("upstream unavailable", "phase", phase, "err", err)
+	r.log.Warn("upstream unavailable", "phase", phase, "err", redactAddresses(err.Error()))
 }
 
 // action is the rewrite action a group's copy gets.

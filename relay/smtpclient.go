@@ -259,8 +259,21 @@ func xtext(s string) string {
 // data sends the message written by write and returns the final reply's
 // text. If write fails the connection is closed without the final dot, so
 // the upstream never accepts a truncated copy.
+// errBeforeData marks a failure of the DATA command itself, before the
+// upstream has seen a byte of the message: safe to try again elsewhere.
+type errBeforeData struct{ err error }
+
+func (e errBeforeData) Error() string { return e.err.Error() }
+func (e errBeforeData) Unwrap() error { return e.err }
+
 func (c *upClient) data(write func(io.Writer) error) (string, error) {
 	if _, _, err := c.cmd(354, "DATA"); err != nil {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) || se.Code == 421 {
+			// The connection is gone (an idle upstream hung up while the
+			// client was still uploading): nothing was sent.
+			return "", errBeforeData{err}
+		}
 		return "", err
 	}
 	c.raw.SetDeadline(time.Now().Add(c.dataTimeout))

@@ -190,6 +190,15 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 		return nil, errUpstreamNoRequireTLS
 	}
 	if err := conn.c.mail(from, opts); err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 530 {
+			// "Authentication required": the upstream wants credentials
+			// this relay was not given. That is our configuration, not
+			// the message: temporary, so mail waits for the fix.
+			conn.c.Close()
+			return nil, &UpstreamError{Phase: "auth", Err: fmt.Errorf(
+				"%s requires AUTH (%d %s); give the upstream URL user:password@ (and use starttls:// or smtps://)", u.opt.URL.Addr, se.Code, se.Message)}
+		}
 		return nil, u.fail(conn, "mail", err)
 	}
 	return &smtpTx{up: u, conn: conn}, nil
@@ -430,6 +439,11 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		// Our own failure (rewrite, spool): the connection was closed
 		// without the final dot.
 		return Reply{}, werr
+	}
+	var bd errBeforeData
+	if errors.As(err, &bd) {
+		conn.c.Close()
+		return Reply{}, &UpstreamError{Phase: "data-command", Err: bd.err}
 	}
 	if err != nil {
 		return Reply{}, t.up.fail(conn, "data", err)

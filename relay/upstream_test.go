@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 )
@@ -163,6 +164,22 @@ func TestToSMTPError(t *testing.T) {
 	}
 }
 
+// fixORCPT applies fixORCPTLine to every complete line of b, as the
+// connection wrapper does to command lines.
+func fixORCPT(b []byte) []byte {
+	var out []byte
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return append(out, b...)
+		}
+		fixed, _ := fixORCPTLine(b[:i+1])
+		out = append(out, fixed...)
+		b = b[i+1:]
+	}
+	return out
+}
+
 func TestFixORCPT(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		// Postfix's spelling of a UTF-8 original recipient becomes RFC 6533's.
@@ -212,5 +229,28 @@ func TestPostfixStyleUTF8ORCPT(t *testing.T) {
 	}
 	if len(h.up.Messages()) != 2 {
 		t.Fatalf("upstream got %d messages, want 2", len(h.up.Messages()))
+	}
+}
+
+// The upstream transaction opened at RCPT goes stale while the client
+// takes its time before DATA (upstreams drop idle clients): the relay
+// retries on a fresh connection, and the message is delivered once.
+func TestUpstreamIdleDuringUpload(t *testing.T) {
+	up := relaytest.NewUpstreamWith(t, relaytest.Options{IdleTimeout: 300 * time.Millisecond})
+	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + up.Addr() })
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<app@app.example>", "250")
+	c.expect("RCPT TO:<bob@example.org>", "250")
+	time.Sleep(700 * time.Millisecond) // the upstream hangs up meanwhile
+	c.expect("DATA", "354")
+	msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+	c.conn.Write(dotStuff(msg))
+	if r := c.reply(); !strings.HasPrefix(r, "250") {
+		t.Fatalf("after the upstream dropped the idle transaction: %q, want 250", r)
+	}
+	if n := len(up.Messages()); n != 1 {
+		t.Fatalf("upstream got %d messages, want 1", n)
 	}
 }

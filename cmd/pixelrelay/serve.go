@@ -218,8 +218,9 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 			reload(loader, rl, rewriter, audit, level, log)
 			continue
 		}
-		log.Info("draining", "signal", sig.String(), "deadline", cfg.DrainTimeout)
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		drain := rl.Config().DrainTimeout // as reloaded, if it was
+		log.Info("draining", "signal", sig.String(), "deadline", drain)
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
 		err := rl.Shutdown(ctx)
 		cancel()
 		for _, srv := range []*http.Server{public, admin} {
@@ -247,7 +248,11 @@ func reload(loader *configLoader, rl *relay.Relay, rw *swappableRewriter, audit 
 		log.Error("SIGHUP: new configuration rejected; the running one stays in force", "problems", strings.Split(err.Error(), "\n"))
 		return
 	}
-	engine, err := newEngine(cfg)
+	// beacon_base needs a restart (the beacon store keeps its own); the
+	// engine must keep treating the running one as ours.
+	engCfg := cfg
+	engCfg.BeaconBase = rl.Config().BeaconBase
+	engine, err := newEngine(engCfg)
 	if err != nil {
 		log.Error("SIGHUP: tracker rules rejected; the running configuration stays in force", "err", err)
 		return

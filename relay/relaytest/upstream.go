@@ -76,6 +76,9 @@ type Options struct {
 	Users map[string]string
 	// NoSMTPUTF8 leaves SMTPUTF8 out of the EHLO reply.
 	NoSMTPUTF8 bool
+	// IdleTimeout makes the upstream drop a client that says nothing for
+	// that long, as Postfix does after smtpd_timeout.
+	IdleTimeout time.Duration
 }
 
 // NewUpstreamWith starts an upstream with the given options.
@@ -94,6 +97,7 @@ func (u *Upstream) newServer() *smtp.Server {
 	srv.EnableSMTPUTF8 = !u.opts.NoSMTPUTF8
 	srv.EnableDSN = true
 	srv.ErrorLog = discardLogger{}
+	srv.ReadTimeout = u.opts.IdleTimeout
 	if u.opts.TLS != nil && !u.opts.Implicit {
 		srv.TLSConfig = u.opts.TLS
 	}
