@@ -2,6 +2,7 @@ package consent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -253,6 +254,11 @@ func (s *Store) parseRows(ctx context.Context, cr *csv.Reader, guard *recordGuar
 			row.skip = skip
 			now := s.now()
 			for _, ev := range evs {
+				// --weak-proof lets proof-less grants in; it does not
+				// downgrade a row that carries its proof.
+				if opts.WeakProof && ev.State == Granted && ev.Evidence == "" && ev.TextVersion == "" && ev.TextSHA256 == "" {
+					ev.WeakProof = true
+				}
 				c, err := s.prepare(ev, now)
 				if err != nil {
 					row.reject, row.changes = err.Error(), nil
@@ -275,6 +281,28 @@ func (s *Store) parseRows(ctx context.Context, cr *csv.Reader, guard *recordGuar
 	}
 }
 
+// rowConflict returns why the changes of one row cannot all be applied, or
+// "". Only a row of several changes needs the check: one change is
+// judged as it is applied.
+func (w *writer) rowConflict(changes []*change) (string, error) {
+	if len(changes) < 2 {
+		return "", nil
+	}
+	for i, c := range changes {
+		for _, d := range changes[:i] {
+			if bytes.Equal(c.key, d.key) && c.purpose == d.purpose && c.occurred == d.occurred && c.state != d.state {
+				return fmt.Sprintf("the row says both %s and %s for %s at %s", d.state, c.state, c.purpose, fromNano(c.occurred).Format(time.RFC3339Nano)), nil
+			}
+		}
+		if _, _, _, err := w.judge(c); errors.Is(err, ErrConflict) {
+			return err.Error(), nil
+		} else if err != nil {
+			return "", err
+		}
+	}
+	return "", nil
+}
+
 func (s *Store) applyBatch(rows []importRow, res *ImportResult, opts *ImportOptions) error {
 	type result struct {
 		kind   byte // 'i' imported, 'u' unchanged, 's' skipped, 'r' rejected
@@ -290,6 +318,13 @@ func (s *Store) applyBatch(rows []importRow, res *ImportResult, opts *ImportOpti
 			row := &rows[i]
 			if row.reject != "" {
 				results[i] = result{'r', row.reject}
+				continue
+			}
+			// A row is one decision: it goes in whole or not at all.
+			if reason, err := w.rowConflict(row.changes); err != nil {
+				return err
+			} else if reason != "" {
+				results[i] = result{'r', reason}
 				continue
 			}
 			r := result{kind: 'u'}
@@ -486,7 +521,6 @@ func (m *nativeMapper) row(rec []string) ([]Event, string, error) {
 		Tenant: m.get(rec, "tenant"), Address: m.get(rec, "email"), Purpose: m.get(rec, "purpose"),
 		Method: m.get(rec, "method"), Source: m.get(rec, "source"), TextVersion: m.get(rec, "text_version"),
 		TextSHA256: m.get(rec, "text_sha256"), Evidence: m.get(rec, "evidence"), Actor: m.opts.Actor,
-		WeakProof: m.opts.WeakProof,
 	}
 	if ev.Address == "" {
 		return nil, "", errors.New("email is empty")
@@ -520,7 +554,7 @@ func (m *nativeMapper) row(rec []string) ([]Event, string, error) {
 		if !ok {
 			return nil, "", fmt.Errorf("weak_proof %q is not true or false", w)
 		}
-		ev.WeakProof = ev.WeakProof || b
+		ev.WeakProof = b
 	}
 	return []Event{ev}, "", nil
 }
@@ -678,7 +712,7 @@ func (m *mailchimpMapper) row(rec []string) ([]Event, string, error) {
 	base := Event{
 		Tenant: m.opts.Tenant, Address: addr, Purpose: PurposeMarketingEmail, Source: source,
 		TextVersion: m.opts.TextVersion, TextSHA256: m.opts.TextSHA256, Evidence: evidence,
-		Actor: m.opts.Actor, WeakProof: m.opts.WeakProof, Method: MethodImport,
+		Actor: m.opts.Actor, Method: MethodImport,
 	}
 	var evs []Event
 	optedIn, hasOptIn := exportTime(m.field(rec, m.conf))
@@ -806,7 +840,6 @@ func (m *hubspotMapper) row(rec []string) ([]Event, string, error) {
 	base := Event{
 		Tenant: m.opts.Tenant, Address: addr, Purpose: PurposeMarketingEmail, Source: source, Method: MethodImport,
 		TextVersion: m.opts.TextVersion, TextSHA256: m.opts.TextSHA256, Evidence: evidence, Actor: m.opts.Actor,
-		WeakProof: m.opts.WeakProof,
 	}
 	var evs []Event
 	optout, ok := parseBool(m.field(rec, m.optout))

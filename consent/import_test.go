@@ -254,6 +254,66 @@ func TestImportMailchimpMappedColumn(t *testing.T) {
 	}
 }
 
+// A row is one decision. cy's row says subscribed (granted) and, through
+// the mapped column, "no" (denied) for the same purpose at the same time:
+// the row is rejected and nothing of it is written.
+func TestImportRowIsAllOrNothing(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	res := runImport(t, s, fixture(t, "mailchimp/subscribed_members_export_3f2a.csv"), ImportOptions{
+		Format: FormatMailchimp, Map: map[string]string{"Email open tracking": PurposeMarketingEmail}, TextVersion: "pixel-v1",
+		At: time.Date(2024, 1, 10, 10, 0, 0, 0, time.UTC),
+	})
+	if r := rejectedLines(res); !strings.Contains(r[4], "both granted and denied") {
+		t.Errorf("cy's contradictory row: rejections %v", r)
+	}
+	if st := mustLookup(t, s, DefaultTenant, "cy@example.org", PurposeMarketingEmail); st != Unknown {
+		t.Errorf("a rejected row left cy marketing_email = %s", st)
+	}
+	if st := mustLookup(t, s, DefaultTenant, "ann@example.org", PurposeMarketingEmail); st != Granted {
+		t.Errorf("ann marketing_email = %s: the other rows must still import", st)
+	}
+
+	// A row whose second change conflicts with what is stored is rejected
+	// before its first change is written.
+	s2, _ := openTest(t, Options{})
+	at := time.Date(2024, 1, 10, 10, 0, 0, 0, time.UTC)
+	mustRecord(t, s2, Event{Address: "cy@example.org", Purpose: PurposeOpenTracking, State: Granted, Method: MethodWebForm, Evidence: "f", Actor: "t", OccurredAt: at})
+	res = runImport(t, s2, fixture(t, "mailchimp/subscribed_members_export_3f2a.csv"), ImportOptions{
+		Format: FormatMailchimp, Map: map[string]string{"Email open tracking": PurposeOpenTracking}, TextVersion: "pixel-v1", At: at,
+	})
+	if r := rejectedLines(res); !strings.Contains(r[4], "conflicts") {
+		t.Errorf("cy's row against a stored grant: rejections %v", r)
+	}
+	if st := mustLookup(t, s2, DefaultTenant, "cy@example.org", PurposeMarketingEmail); st != Unknown {
+		t.Errorf("the rejected row's first change was written: cy marketing_email = %s", st)
+	}
+}
+
+// --weak-proof admits proof-less grants and marks only those weak: a row
+// that carries evidence or a text reference, and any withdrawal, keeps a
+// clean record.
+func TestImportWeakProofMarksOnlyProoflessGrants(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	data := "email,purpose,state,occurred_at,evidence,text_version\n" +
+		"bare@example.com,open_tracking,granted,2026-01-01T00:00:00Z,,\n" +
+		"proved@example.com,open_tracking,granted,2026-01-01T00:00:00Z,form-9,v3\n" +
+		"texted@example.com,open_tracking,granted,2026-01-01T00:00:00Z,,v3\n" +
+		"gone@example.com,open_tracking,withdrawn,2026-01-01T00:00:00Z,,\n"
+	res := runImport(t, s, []byte(data), ImportOptions{WeakProof: true})
+	if res.Imported != 4 {
+		t.Fatalf("result = %+v", res)
+	}
+	for addr, want := range map[string]bool{"bare@example.com": true, "proved@example.com": false, "texted@example.com": false, "gone@example.com": false} {
+		rec, err := s.Show(context.Background(), DefaultTenant, addr)
+		if err != nil || len(rec.History) != 1 {
+			t.Fatalf("%s: %+v %v", addr, rec, err)
+		}
+		if got := rec.History[0].WeakProof; got != want {
+			t.Errorf("%s weak_proof = %v, want %v", addr, got, want)
+		}
+	}
+}
+
 func TestImportHubSpot(t *testing.T) {
 	s, _ := openTest(t, Options{})
 	res := runImport(t, s, fixture(t, "hubspot/contacts.csv"), ImportOptions{Format: FormatHubSpot})

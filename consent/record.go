@@ -116,6 +116,9 @@ type change struct {
 	evidence string
 	actor    string
 	weak     bool
+	// timeIsNow: the event came without occurred_at and was stamped when
+	// it was recorded.
+	timeIsNow bool
 }
 
 func checkText(field, v string, max int) error {
@@ -177,7 +180,7 @@ func (s *Store) prepare(ev Event, now time.Time) (*change, error) {
 	}
 	occurred := ev.OccurredAt
 	if occurred.IsZero() {
-		occurred = now
+		occurred, c.timeIsNow = now, true
 	}
 	if occurred.After(now.Add(futureSkew)) {
 		return nil, invalidf("occurred_at %s is in the future (now is %s); give the time the person acted", occurred.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
@@ -305,32 +308,50 @@ func (w *writer) erasedAt(key []byte) int64 {
 	return t
 }
 
-// apply records c unless it is a duplicate, stale or suppressed, and
-// returns the outcome with the state it found.
-func (w *writer) apply(c *change) (outcome, purposeState, error) {
+// judge says what applying c would do, without writing: the subject as
+// stored (or new), the state c would replace, and the outcome. An event
+// given no time of its own happened "now", after whatever is recorded: a
+// grant stamped slightly ahead by a skewed clock must not make a
+// withdrawal that follows it look older, so its time moves just past the
+// current state's.
+func (w *writer) judge(c *change) (subject, purposeState, outcome, error) {
 	var sub subject
 	if v := w.subjects.Get(c.key); v != nil {
 		var err error
 		if sub, err = decodeSubject(v); err != nil {
-			return 0, purposeState{}, fmt.Errorf("subject record: %v: %w", err, ErrCorrupt)
+			return sub, purposeState{}, 0, fmt.Errorf("subject record: %v: %w", err, ErrCorrupt)
 		}
 	} else {
 		sub.addrCipher = c.addrCT
 	}
 	if at := w.erasedAt(c.key); at != 0 && c.occurred <= at {
-		return suppressed, purposeState{since: at}, nil
+		return sub, purposeState{since: at}, suppressed, nil
 	}
 	cur, has := sub.find(c.purpose)
-	if has {
-		switch {
-		case c.occurred < cur.since:
-			return stale, cur, nil
-		case c.occurred == cur.since && c.state == cur.state:
-			return unchanged, cur, nil
-		case c.occurred == cur.since:
-			return 0, cur, conflictf("%s at %s conflicts with the %s already recorded for the same time; which came last?",
-				c.state, fromNano(c.occurred).Format(time.RFC3339Nano), cur.state)
-		}
+	if !has {
+		return sub, cur, applied, nil
+	}
+	if c.timeIsNow && c.occurred <= cur.since && c.state != cur.state {
+		c.occurred = cur.since + 1
+	}
+	switch {
+	case c.occurred < cur.since:
+		return sub, cur, stale, nil
+	case c.occurred == cur.since && c.state == cur.state:
+		return sub, cur, unchanged, nil
+	case c.occurred == cur.since:
+		return sub, cur, 0, conflictf("%s at %s conflicts with the %s already recorded for the same time; which came last?",
+			c.state, fromNano(c.occurred).Format(time.RFC3339Nano), cur.state)
+	}
+	return sub, cur, applied, nil
+}
+
+// apply records c unless it is a duplicate, stale or suppressed, and
+// returns the outcome with the state it found.
+func (w *writer) apply(c *change) (outcome, purposeState, error) {
+	sub, cur, out, err := w.judge(c)
+	if err != nil || out != applied {
+		return out, cur, err
 	}
 	recorded := w.now()
 	ev := storedEvent{

@@ -153,6 +153,29 @@ func TestRecordIdempotentAndOrdering(t *testing.T) {
 	}
 }
 
+// A grant stamped a few minutes ahead by a skewed client clock is accepted;
+// the withdrawal that follows it "now" must still win, not be refused as
+// older than the grant.
+func TestWithdrawalAfterFutureStampedGrant(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	ev := grant("skew@example.com")
+	ev.OccurredAt = testNow.Add(3 * time.Minute)
+	mustRecord(t, s, ev)
+	rec := mustRecord(t, s, Event{Address: "skew@example.com", State: Withdrawn, Method: MethodEmailLink, Actor: "t"})
+	if st := mustLookup(t, s, DefaultTenant, "skew@example.com", PurposeOpenTracking); st != Withdrawn {
+		t.Fatalf("state after withdrawing = %s, want withdrawn", st)
+	}
+	last := rec.History[len(rec.History)-1]
+	if !last.OccurredAt.After(ev.OccurredAt) {
+		t.Errorf("withdrawal occurred_at %s is not after the grant's %s", last.OccurredAt, ev.OccurredAt)
+	}
+	// An explicit time is the person's own statement and is never moved.
+	old := Event{Address: "skew@example.com", State: Granted, Method: MethodAdmin, Evidence: "e", Actor: "t", OccurredAt: testNow.Add(-time.Hour)}
+	if _, err := s.Record(context.Background(), old); !errors.Is(err, ErrConflict) {
+		t.Errorf("an explicitly older grant: err = %v, want ErrConflict", err)
+	}
+}
+
 func TestPlusTagOption(t *testing.T) {
 	plain, _ := openTest(t, Options{})
 	mustRecord(t, plain, grant("bob+news@example.com"))
