@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -108,17 +107,11 @@ func (tgt beaconTarget) client(env *cmdEnv, name string) (*beacon.Client, bool) 
 }
 
 // openBeaconDB opens the database file for a beacon command through the
-// one opener every command uses: it never creates a file (a mistyped --db
-// must not start an empty database), never waits for a server's lock, and
-// reports a damaged file the same way. Close the returned store.
-func openBeaconDB(env *cmdEnv, path string, readOnly bool) (*consent.Store, error) {
-	if _, err := os.Stat(path); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("database %s does not exist; pass --db FILE, or --server URL for a running server", path)
-		}
-		return nil, fmt.Errorf("database %s: %w", path, err)
-	}
-	return openStore(env, storeTarget{Path: path}, readOnly)
+// one opener every command uses: it never creates a file, never waits for a
+// server's lock, and reports a damaged file the same way. Close the
+// returned store.
+func openBeaconDB(env *cmdEnv, path string, access dbAccess) (*consent.Store, error) {
+	return openStore(env, storeTarget{Path: path}, access)
 }
 
 // failDB reports a database error; the in-use message is printed exactly
@@ -156,7 +149,7 @@ func runBeaconStats(env *cmdEnv, args []string) int {
 			return 1
 		}
 	} else {
-		st, err := openBeaconDB(env, *tgt.db, true)
+		st, err := openBeaconDB(env, *tgt.db, dbRead)
 		if err != nil {
 			return failDB(env, "stats", err)
 		}
@@ -243,7 +236,7 @@ func runBeaconKeys(env *cmdEnv, args []string) int {
 			return 1
 		}
 	} else {
-		st, err := openBeaconDB(env, *tgt.db, true)
+		st, err := openBeaconDB(env, *tgt.db, dbRead)
 		if err != nil {
 			return failDB(env, "keys", err)
 		}
@@ -294,7 +287,7 @@ func runBeaconRotate(env *cmdEnv, args []string) int {
 			return 1
 		}
 	} else {
-		st, err := openBeaconDB(env, *tgt.db, false)
+		st, err := openBeaconDB(env, *tgt.db, dbWrite)
 		if err != nil {
 			return failDB(env, "rotate-key", err)
 		}

@@ -84,9 +84,9 @@ func (l localBackend) Backup(ctx context.Context, w io.Writer) (int64, error) {
 
 // consentCmd is one consent subcommand.
 type consentCmd struct {
-	usage    string
-	readOnly bool // opens the file with a shared lock and never creates it
-	run      func(c *consentCtx) int
+	usage string
+	db    dbAccess
+	run   func(c *consentCtx) int
 }
 
 // consentCtx carries what every subcommand shares.
@@ -109,15 +109,15 @@ type consentCtx struct {
 
 func consentCommands() map[string]consentCmd {
 	return map[string]consentCmd{
-		"grant":    {"usage: pixelrelay consent grant ADDR [--purpose P] [event flags]", false, runConsentEvent(consent.Granted)},
-		"deny":     {"usage: pixelrelay consent deny ADDR [--purpose P] [event flags]", false, runConsentEvent(consent.Denied)},
-		"withdraw": {"usage: pixelrelay consent withdraw ADDR [--purpose P] [event flags]", false, runConsentEvent(consent.Withdrawn)},
-		"show":     {"usage: pixelrelay consent show ADDR [--json] [--tenant T]", true, runConsentShow},
-		"erase":    {"usage: pixelrelay consent erase ADDR [--tenant T]", false, runConsentErase},
-		"import":   {"usage: pixelrelay consent import [--format native|mailchimp|hubspot] FILE", false, runConsentImport},
-		"export":   {"usage: pixelrelay consent export [ADDR] [--format csv|jsonl] [--all-tenants] [--output FILE]", true, runConsentExport},
-		"backup":   {"usage: pixelrelay consent backup FILE", true, runConsentBackup},
-		"verify":   {"usage: pixelrelay consent verify [--json] [--db FILE]", true, runConsentVerify},
+		"grant":    {"usage: pixelrelay consent grant ADDR [--purpose P] [event flags]", dbCreate, runConsentEvent(consent.Granted)},
+		"deny":     {"usage: pixelrelay consent deny ADDR [--purpose P] [event flags]", dbCreate, runConsentEvent(consent.Denied)},
+		"withdraw": {"usage: pixelrelay consent withdraw ADDR [--purpose P] [event flags]", dbCreate, runConsentEvent(consent.Withdrawn)},
+		"show":     {"usage: pixelrelay consent show ADDR [--json] [--tenant T]", dbRead, runConsentShow},
+		"erase":    {"usage: pixelrelay consent erase ADDR [--tenant T]", dbWrite, runConsentErase},
+		"import":   {"usage: pixelrelay consent import [--format native|mailchimp|hubspot] FILE", dbCreate, runConsentImport},
+		"export":   {"usage: pixelrelay consent export [ADDR] [--format csv|jsonl] [--all-tenants] [--output FILE]", dbRead, runConsentExport},
+		"backup":   {"usage: pixelrelay consent backup FILE", dbRead, runConsentBackup},
+		"verify":   {"usage: pixelrelay consent verify [--json] [--db FILE]", dbRead, runConsentVerify},
 	}
 }
 
@@ -171,7 +171,7 @@ func runConsent(env *cmdEnv, args []string) int {
 	if c.target.Remote() {
 		c.backend = c.target.Client()
 	} else {
-		s, err := openStore(env, c.target, sub.readOnly)
+		s, err := openStore(env, c.target, sub.db)
 		if err != nil {
 			return failDBErr(env.stderr, c.name, err)
 		}

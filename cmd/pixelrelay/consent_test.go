@@ -137,6 +137,9 @@ func TestConsentUsageErrors(t *testing.T) {
 		{"--server without token", nil, []string{"show", "a@example.com", "--server", "http://127.0.0.1:1"}, "PIXELRELAY_API_TOKEN"},
 		{"server down", tok, []string{"show", "a@example.com", "--server", "http://127.0.0.1:1"}, "cannot reach pixelrelay"},
 		{"read of a missing file", nil, []string{"show", "a@example.com", "--db", db + ".typo"}, "does not exist"},
+		// Erasing from a file a typo just created would say "nothing to erase"
+		// while the real database still holds the person.
+		{"erase in a missing file", nil, []string{"erase", "a@example.com", "--db", db + ".typo"}, "does not exist"},
 		{"--map without =", nil, []string{"import", "--format", "mailchimp", "--map", "x", consentFixture("native.csv"), "--db", db}, "COLUMN=PURPOSE"},
 		{"import of a missing file", nil, []string{"import", "/nonexistent.csv", "--db", db}, "cannot read /nonexistent.csv"},
 		{"unknown format", nil, []string{"import", "--format", "xls", consentFixture("native.csv"), "--db", db}, "unknown import format"},

@@ -151,19 +151,33 @@ func (t storeTarget) Remote() bool { return t.Server != "" }
 // Client is the API client for a remote target.
 func (t storeTarget) Client() *consent.Client { return consent.NewClient(t.Server, t.Token) }
 
-// openStore opens the file of a local target. A read-only open needs an
-// existing file and shares the lock with other readers; a writable one
-// creates the file when absent and says so on stderr, since a mistyped
-// --db would otherwise silently start an empty database.
-func openStore(env *cmdEnv, t storeTarget, readOnly bool) (*consent.Store, error) {
+// dbAccess is how a command opens a local database file.
+type dbAccess int
+
+const (
+	// dbRead shares the lock with other readers; the file must exist.
+	dbRead dbAccess = iota
+	// dbWrite needs the file to exist: erasing from, or rotating the keys
+	// of, a database that a mistyped --db just created would report
+	// success while the real one is untouched.
+	dbWrite
+	// dbCreate creates the file when absent and says so on stderr.
+	dbCreate
+)
+
+// openStore opens the file of a local target.
+func openStore(env *cmdEnv, t storeTarget, access dbAccess) (*consent.Store, error) {
 	_, statErr := os.Stat(t.Path)
+	if access == dbWrite && errors.Is(statErr, fs.ErrNotExist) {
+		return nil, fmt.Errorf("database %s does not exist; check --db, or use --server URL to reach a running pixelrelay", t.Path)
+	}
 	opts := t.Opts
-	opts.ReadOnly = readOnly
+	opts.ReadOnly = access == dbRead
 	s, err := consent.Open(t.Path, opts)
 	if err != nil {
 		return nil, err
 	}
-	if !readOnly && errors.Is(statErr, fs.ErrNotExist) {
+	if access == dbCreate && errors.Is(statErr, fs.ErrNotExist) {
 		fmt.Fprintf(env.stderr, "pixelrelay: created a new database %s\n", t.Path)
 	}
 	return s, nil

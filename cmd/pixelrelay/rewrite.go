@@ -231,7 +231,7 @@ func autoAction(env *cmdEnv, target storeTarget, tenant, rcpt string) rewrite.Ac
 		st, err = target.Client().Lookup(ctx, tenant, rcpt, consent.PurposeOpenTracking)
 	} else {
 		var s *consent.Store
-		if s, err = openStore(env, target, true); err == nil {
+		if s, err = openStore(env, target, dbRead); err == nil {
 			st, err = s.Lookup(ctx, tenant, rcpt, consent.PurposeOpenTracking)
 			s.Close()
 		}
@@ -262,7 +262,7 @@ func beaconAction(env *cmdEnv, target storeTarget, tenant, campaign, base string
 	)
 	if target.Remote() {
 		d, done, err = newBeaconDecider(env, nil, target.Server, base, minBatch)
-	} else if st, err = openStore(env, target, false); err == nil {
+	} else if st, err = openStore(env, target, dbCreate); err == nil {
 		defer st.Close()
 		d, done, err = newBeaconDecider(env, st.DB(), "", base, minBatch)
 	}
