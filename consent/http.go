@@ -99,7 +99,13 @@ func NewHandler(s *Store, opts HandlerOptions) http.Handler {
 	if h.opts.MaxImportBytes <= 0 {
 		h.opts.MaxImportBytes = defaultMaxImportBytes
 	}
-	for _, t := range opts.Tokens {
+	h.tokens = hashTokens(opts.Tokens)
+	return h
+}
+
+func hashTokens(tokens []APIToken) []hashedToken {
+	var out []hashedToken
+	for _, t := range tokens {
 		if t.Token == "" {
 			continue
 		}
@@ -107,9 +113,28 @@ func NewHandler(s *Store, opts HandlerOptions) http.Handler {
 		if name == "" {
 			name = DefaultTokenName
 		}
-		h.tokens = append(h.tokens, hashedToken{name: name, sum: sha256.Sum256([]byte(t.Token))})
+		out = append(out, hashedToken{name: name, sum: sha256.Sum256([]byte(t.Token))})
 	}
-	return h
+	return out
+}
+
+// RequireToken guards the other admin endpoints (metrics, beacons, pprof)
+// with the consent API's bearer check, so that every path answers a wrong
+// or missing token the same way.
+func RequireToken(tokens []APIToken, next http.Handler) http.Handler {
+	hashed := hashTokens(tokens)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if authorize(hashed, r) == "" {
+			unauthorized(w)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="pixelrelay"`)
+	writeJSON(w, http.StatusUnauthorized, apiError{"missing or wrong bearer token (Authorization: Bearer <token>)"})
 }
 
 // apiError is the JSON error body.
@@ -147,7 +172,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 // authorize returns the name of the token presented, or "".
-func (h *handler) authorize(r *http.Request) string {
+func authorize(tokens []hashedToken, r *http.Request) string {
 	auth := r.Header.Get("Authorization")
 	const prefix = "Bearer "
 	if len(auth) < len(prefix) || !strings.EqualFold(auth[:len(prefix)], prefix) {
@@ -157,7 +182,7 @@ func (h *handler) authorize(r *http.Request) string {
 	// length, and compare against every token without stopping early.
 	sum := sha256.Sum256([]byte(strings.TrimSpace(auth[len(prefix):])))
 	name := ""
-	for _, t := range h.tokens {
+	for _, t := range tokens {
 		if subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1 {
 			name = t.name
 		}
@@ -170,10 +195,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{ErrAPIDisabled.Error()})
 		return
 	}
-	name := h.authorize(r)
+	name := authorize(h.tokens, r)
 	if name == "" {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="pixelrelay"`)
-		writeJSON(w, http.StatusUnauthorized, apiError{"missing or wrong bearer token (Authorization: Bearer <token>)"})
+		unauthorized(w)
 		return
 	}
 	actor := "api:" + name

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
 	"io"
 	"log/slog"
@@ -303,18 +301,8 @@ func adminMux(cfg relay.Config, store *consent.Store, beacons *beacon.Beacons, r
 		log.Warn("admin API disabled: no --api-token (or PIXELRELAY_API_TOKEN); consent, metrics and backup endpoints answer 404")
 		return mux
 	}
-	auth := func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !bearerOK(r, cfg.APIToken) {
-				w.Header().Set("Content-Type", "application/json")
-				w.Header().Set("WWW-Authenticate", `Bearer realm="pixelrelay"`)
-				w.WriteHeader(http.StatusUnauthorized)
-				io.WriteString(w, `{"error": "missing or wrong bearer token"}`+"\n")
-				return
-			}
-			h.ServeHTTP(w, r)
-		})
-	}
+	tokens := consent.SingleToken(cfg.APIToken)
+	auth := func(h http.Handler) http.Handler { return consent.RequireToken(tokens, h) }
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
 	mux.Handle("/v1/beacons", auth(beacons.AdminHandler()))
 	mux.Handle("/v1/beacons/", auth(beacons.AdminHandler()))
@@ -323,19 +311,10 @@ func adminMux(cfg relay.Config, store *consent.Store, beacons *beacon.Beacons, r
 		mux.Handle("/debug/pprof/profile", auth(http.HandlerFunc(pprof.Profile)))
 		mux.Handle("/debug/pprof/trace", auth(http.HandlerFunc(pprof.Trace)))
 	}
-	api := consent.NewHandler(store, consent.HandlerOptions{Tokens: consent.SingleToken(cfg.APIToken), Logger: log})
+	api := consent.NewHandler(store, consent.HandlerOptions{Tokens: tokens, Logger: log})
 	for _, p := range consent.Routes() {
 		mux.Handle(p, api)
 	}
 	return mux
 }
 
-// bearerOK compares the request's bearer token in constant time.
-func bearerOK(r *http.Request, token string) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return false
-	}
-	a, b := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
-}
