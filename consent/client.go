@@ -47,6 +47,7 @@ func NewClient(baseURL, token string) *Client {
 type serverError struct {
 	status int
 	msg    string
+	body   []byte // the answer as sent: an import's error still counts rows
 }
 
 func (e *serverError) Error() string { return e.msg }
@@ -107,7 +108,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		if resp.StatusCode == http.StatusUnauthorized {
 			msg = "the server refused the API token (" + msg + "); check PIXELRELAY_API_TOKEN"
 		}
-		return nil, &serverError{status: resp.StatusCode, msg: msg}
+		return nil, &serverError{status: resp.StatusCode, msg: msg, body: data}
 	}
 	return resp, nil
 }
@@ -213,17 +214,28 @@ func (c *Client) Import(ctx context.Context, r io.Reader, opts ImportOptions) (I
 	resp, err := c.do(ctx, http.MethodPost, "/v1/consent/import", q, r, "text/csv")
 	var res ImportResult
 	if err != nil {
+		// Rows committed before a fatal error stay committed, and the
+		// server's answer counts them: pass the counts on with the error.
+		var se *serverError
+		if errors.As(err, &se) {
+			json.Unmarshal(se.body, &res)
+			reportRejected(res, opts)
+		}
 		return res, err
 	}
 	if err := decodeBody(resp, &res); err != nil {
 		return res, err
 	}
+	reportRejected(res, opts)
+	return res, nil
+}
+
+func reportRejected(res ImportResult, opts ImportOptions) {
 	if opts.OnReject != nil {
 		for _, rj := range res.Rejected {
 			opts.OnReject(rj)
 		}
 	}
-	return res, nil
 }
 
 // Export streams the export into w.

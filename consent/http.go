@@ -362,16 +362,17 @@ func (h *handler) importCSV(w http.ResponseWriter, r *http.Request, tenant, acto
 			return
 		}
 		var mbe *http.MaxBytesError
-		status := http.StatusInternalServerError
+		status, msg := http.StatusInternalServerError, err.Error()
 		if errors.As(err, &mbe) {
 			status = http.StatusBadRequest
+			msg = fmt.Sprintf("import stopped after %d rows: the request body is larger than %d bytes; split the file and send the rest (the rows before were imported)", res.Rows, mbe.Limit)
 		} else {
 			h.log.Error("consent import", "err", err)
 		}
 		writeJSON(w, status, struct {
 			Error string `json:"error"`
 			ImportResult
-		}{err.Error(), res})
+		}{msg, res})
 		return
 	}
 	writeJSON(w, http.StatusOK, res)

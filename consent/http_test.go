@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -262,5 +263,33 @@ func TestClient(t *testing.T) {
 	dead.Close()
 	if _, err := NewClient(dead.URL, "x").Show(ctx, "", "a@example.com"); err == nil || !strings.Contains(err.Error(), "cannot reach pixelrelay") {
 		t.Errorf("server down: %v", err)
+	}
+}
+
+// An import the server stops part-way (here: the body outgrows the
+// server's limit) keeps the rows it committed; the client must report
+// them, not "0 imported".
+func TestClientImportStoppedKeepsCounts(t *testing.T) {
+	s, srv := apiServer(t, HandlerOptions{MaxImportBytes: 1000})
+	var b strings.Builder
+	b.WriteString("email,purpose,state,occurred_at,evidence\n")
+	for i := range 40 {
+		fmt.Fprintf(&b, "u%d@example.com,open_tracking,granted,2026-01-01T00:00:00Z,e\n", i)
+	}
+	var rejected int
+	res, err := NewClient(srv.URL, testToken).Import(context.Background(), strings.NewReader(b.String()), ImportOptions{OnReject: func(Rejection) { rejected++ }})
+	if !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), "larger than 1000 bytes") {
+		t.Fatalf("err = %v, want the server's size limit", err)
+	}
+	if res.Imported == 0 || res.Imported >= 40 {
+		t.Fatalf("client reports %d imported; the server committed some rows before stopping", res.Imported)
+	}
+	for i := range res.Imported {
+		if st := mustLookup(t, s, DefaultTenant, fmt.Sprintf("u%d@example.com", i), PurposeOpenTracking); st != Granted {
+			t.Errorf("u%d, counted as imported, is %s in the store", i, st)
+		}
+	}
+	if st := mustLookup(t, s, DefaultTenant, fmt.Sprintf("u%d@example.com", res.Imported), PurposeOpenTracking); st != Unknown {
+		t.Errorf("u%d is %s: more rows were committed than the client reports", res.Imported, st)
 	}
 }
