@@ -110,3 +110,35 @@ func TestLookupAllocations(t *testing.T) {
 		t.Errorf("Lookup allocates %.1f times per call, want at most 1", allocs)
 	}
 }
+
+// A withdrawal must be honoured by the very next lookup even when the
+// periodic refresh began its snapshot just before the withdrawal committed
+// and publishes it just after.
+func TestLookupSeesWriteDuringRefresh(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	mustRecord(t, s, grant("race@example.com"))
+	mustLookup(t, s, DefaultTenant, "race@example.com", PurposeOpenTracking) // starts the refresher
+	inGap, committed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s.viewMu.Lock()
+	s.refreshGap = func() {
+		once.Do(func() {
+			close(inGap)
+			// Hold the stale snapshot until the withdrawal returned, or
+			// until it evidently waits for us (the fixed behaviour).
+			select {
+			case <-committed:
+			case <-time.After(300 * time.Millisecond):
+			}
+		})
+	}
+	s.viewMu.Unlock()
+	<-inGap
+	ev := grant("race@example.com")
+	ev.State, ev.OccurredAt = Withdrawn, ev.OccurredAt.Add(time.Second)
+	mustRecord(t, s, ev)
+	close(committed)
+	if st := mustLookup(t, s, DefaultTenant, "race@example.com", PurposeOpenTracking); st != Withdrawn {
+		t.Fatalf("lookup right after the withdrawal = %s: a snapshot begun before the commit was published after it", st)
+	}
+}

@@ -109,6 +109,9 @@ type Store struct {
 	closeOnce sync.Once
 	closed    bool // under viewMu
 	running   bool // under viewMu: the refresher goroutine was started
+	// refreshGap, set only by tests, runs between a refresh's Begin and
+	// its publication: the window in which a commit can be missed.
+	refreshGap func()
 }
 
 // Open opens the consent store in the bbolt file at path, creating the file
@@ -304,7 +307,7 @@ func (s *Store) Close() error {
 		if running {
 			<-s.stopped
 		}
-		s.retireView()
+		s.refreshView() // closed: only drops the snapshot
 		err = s.db.Close()
 	})
 	return err
@@ -567,24 +570,25 @@ func (s *Store) refreshView() {
 	if err != nil {
 		return // lookups fall back to their own transactions
 	}
+	if s.refreshGap != nil {
+		s.refreshGap()
+	}
 	v := &readView{tx: tx, subjects: tx.Bucket(bucketSubjects)}
 	v.refs.Store(1)
 	s.view.Store(v)
 }
 
 // afterWrite publishes a fresh snapshot after one of our commits, so that a
-// Lookup that starts after Record returns sees the new state.
+// Lookup that starts after Record returns sees the new state. It must not
+// skip when the view is momentarily nil: the refresher may be between
+// dropping the old snapshot and publishing one it began before our commit.
+// refreshView holds viewMu, so ours begins after that one is published.
 func (s *Store) afterWrite() {
-	if s.view.Load() != nil {
-		s.refreshView()
-	}
-}
-
-func (s *Store) retireView() {
 	s.viewMu.Lock()
-	defer s.viewMu.Unlock()
-	if old := s.view.Swap(nil); old != nil {
-		old.release()
+	running := s.running
+	s.viewMu.Unlock()
+	if running {
+		s.refreshView()
 	}
 }
 
