@@ -2,6 +2,7 @@ package consent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -59,6 +60,9 @@ func TestConcurrentLookupsDuringWrites(t *testing.T) {
 			defer wg.Done()
 			for ctx.Err() == nil {
 				st, err := s.Lookup(ctx, DefaultTenant, "stable@example.com", PurposeOpenTracking)
+				if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+					return // the test is over: our own cancel
+				}
 				if err != nil || st != Granted {
 					errs <- fmt.Errorf("lookup during writes: %s, %v", st, err)
 					return
@@ -140,5 +144,64 @@ func TestLookupSeesWriteDuringRefresh(t *testing.T) {
 	close(committed)
 	if st := mustLookup(t, s, DefaultTenant, "race@example.com", PurposeOpenTracking); st != Withdrawn {
 		t.Fatalf("lookup right after the withdrawal = %s: a snapshot begun before the commit was published after it", st)
+	}
+}
+
+// The relay gives each lookup a deadline. When the snapshot is gone and
+// the database cannot start a read (a writer waits to remap the file for a
+// reader that holds on, such as a backup streaming to a slow client),
+// Lookup must return at the deadline, unknown, so the relay strips and
+// moves on, instead of holding the SMTP session.
+func TestLookupHonoursDeadlineWhenDatabaseWaits(t *testing.T) {
+	s, _ := openTest(t, Options{smallMap: true})
+	mustRecord(t, s, grant("bob@example.com"))
+	mustLookup(t, s, DefaultTenant, "bob@example.com", PurposeOpenTracking) // starts the refresher
+	slowReader, err := s.DB().Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeDone := make(chan error, 1)
+	go func() {
+		// A value larger than the map: committing it remaps the file,
+		// which waits for slowReader.
+		writeDone <- s.DB().Update(func(tx *bbolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte("test.big"))
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte("k"), make([]byte, 64<<20))
+		})
+	}()
+	// The refresher drops its snapshot and then cannot begin a new one.
+	for i := 0; s.view.Load() != nil; i++ {
+		if i > 500 {
+			t.Fatal("the snapshot was never dropped")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	got := make(chan error, 1)
+	go func() {
+		st, err := s.Lookup(ctx, DefaultTenant, "bob@example.com", PurposeOpenTracking)
+		if st != Unknown {
+			err = fmt.Errorf("state %s, want unknown (fail closed)", st)
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Lookup = %v, want the deadline's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Lookup ignored its deadline while the database waited")
+	}
+	slowReader.Rollback()
+	if err := <-writeDone; err != nil {
+		t.Fatal(err)
+	}
+	if st := mustLookup(t, s, DefaultTenant, "bob@example.com", PurposeOpenTracking); st != Granted {
+		t.Errorf("after the writer finished: %s", st)
 	}
 }

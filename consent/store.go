@@ -1,6 +1,7 @@
 package consent
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -614,30 +615,57 @@ func (s *Store) Lookup(ctx context.Context, tenant, addr, purpose string) (State
 		return Unknown, err
 	}
 	if v := s.acquireView(); v != nil {
-		st, ok := Unknown, true
-		if v.subjects != nil {
-			if val := v.subjects.Get(key); val != nil {
-				st, ok = subjectStateOf(val, purpose)
-			}
-		}
+		st, err := stateIn(v.subjects, tenant, key, purpose)
 		v.release()
-		if !ok {
-			return Unknown, fmt.Errorf("consent record for %s is unreadable: %w", tenant, ErrCorrupt)
-		}
-		return st, nil
+		return st, err
 	}
-	st, ok := Unknown, true
-	err = s.db.View(func(tx *bbolt.Tx) error {
-		if b := tx.Bucket(bucketSubjects); b != nil {
-			if val := b.Get(key); val != nil {
-				st, ok = subjectStateOf(val, purpose)
-			}
-		}
-		return nil
+	// No snapshot: a transaction of our own. Beginning one can wait (a
+	// writer that must remap the file waits for every reader, and new
+	// readers queue behind it), and the relay's deadline must still hold.
+	if ctx.Done() == nil {
+		return s.lookupTx(tenant, key, purpose)
+	}
+	type answer struct {
+		st  State
+		err error
+	}
+	ch := make(chan answer, 1)
+	key = bytes.Clone(key) // buf goes back to the pool when we return
+	go func() {
+		st, err := s.lookupTx(tenant, key, purpose)
+		ch <- answer{st, err}
+	}()
+	select {
+	case a := <-ch:
+		return a.st, a.err
+	case <-ctx.Done():
+		return Unknown, fmt.Errorf("consent lookup gave up waiting for the database: %w", ctx.Err())
+	}
+}
+
+func (s *Store) lookupTx(tenant string, key []byte, purpose string) (State, error) {
+	var st State
+	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+		st, err = stateIn(tx.Bucket(bucketSubjects), tenant, key, purpose)
+		return err
 	})
 	if err != nil {
 		return Unknown, err
 	}
+	return st, nil
+}
+
+// stateIn reads purpose's state from the subject record at key in b (the
+// subjects bucket, nil before the first write).
+func stateIn(b *bbolt.Bucket, tenant string, key []byte, purpose string) (State, error) {
+	if b == nil {
+		return Unknown, nil
+	}
+	val := b.Get(key)
+	if val == nil {
+		return Unknown, nil
+	}
+	st, ok := subjectStateOf(val, purpose)
 	if !ok {
 		return Unknown, fmt.Errorf("consent record for %s is unreadable: %w", tenant, ErrCorrupt)
 	}
