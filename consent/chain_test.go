@@ -79,3 +79,61 @@ func TestChainStatus(t *testing.T) {
 		t.Errorf("head %s is not the last event's hash %s", st.Head, last.Hash)
 	}
 }
+
+// The current states are what the relay's lookups read. Editing them
+// behind the store's back, without touching the chain, must not pass
+// verification either.
+func TestVerifyDetectsTamperedStates(t *testing.T) {
+	key := func(t *testing.T, s *Store, addr string) []byte {
+		var scratch [maxAddressLen * 2]byte
+		k, _, _, err := s.subjectKey(nil, scratch[:], DefaultTenant, addr, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	edit := func(t *testing.T, b *bbolt.Bucket, k []byte, f func(*subject)) error {
+		sub, err := decodeSubject(b.Get(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f(&sub)
+		return b.Put(k, sub.encode(nil))
+	}
+	tests := []struct {
+		name   string
+		tamper func(t *testing.T, s *Store, subjects, events *bbolt.Bucket) error
+		want   string
+	}{
+		{"turn a withdrawal into a grant", func(t *testing.T, s *Store, b, _ *bbolt.Bucket) error {
+			return edit(t, b, key(t, s, "c@example.com"), func(sub *subject) { sub.purposes[0].state = Granted })
+		}, "its latest event #5 says withdrawn"},
+		{"fall back to the older grant, hiding the withdrawal", func(t *testing.T, s *Store, b, ev *bbolt.Bucket) error {
+			e3, _ := decodeEvent(3, ev.Get(seqKey(3)))
+			return edit(t, b, key(t, s, "c@example.com"), func(sub *subject) {
+				sub.events = sub.events[:1]
+				sub.purposes[0] = purposeState{purpose: PurposeOpenTracking, state: Granted, since: e3.occurred, seq: 3}
+			})
+		}, "lists 1 events but the chain holds 2"},
+		{"remove a subject's record", func(t *testing.T, s *Store, b, _ *bbolt.Bucket) error {
+			return b.Delete(key(t, s, "a@example.com"))
+		}, "event #1 set a state that no current-state record holds"},
+		{"forge a record for another address", func(t *testing.T, s *Store, b, _ *bbolt.Bucket) error {
+			return b.Put(key(t, s, "z@example.com"), b.Get(key(t, s, "a@example.com")))
+		}, "lists 1 events but the chain holds 0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := chainStore(t)
+			if err := s.DB().Update(func(tx *bbolt.Tx) error {
+				return tc.tamper(t, s, tx.Bucket(bucketSubjects), tx.Bucket(bucketEvents))
+			}); err != nil {
+				t.Fatal(err)
+			}
+			err := s.VerifyChain(context.Background())
+			if !errors.Is(err, ErrChainBroken) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want ErrChainBroken mentioning %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -72,3 +72,12 @@ func (e *chainError) Error() string {
 	return fmt.Sprintf("consent event chain is broken at event #%d: %s", e.Seq, e.msg)
 }
 func (e *chainError) Is(target error) bool { return target == ErrChainBroken }
+
+// stateError: the chain is intact but a current-state record, which is
+// what lookups read, disagrees with it.
+type stateError struct{ msg string }
+
+func (e *stateError) Error() string {
+	return "consent states do not match the event chain: " + e.msg
+}
+func (e *stateError) Is(target error) bool { return target == ErrChainBroken }
