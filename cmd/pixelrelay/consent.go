@@ -87,6 +87,11 @@ type consentCmd struct {
 	usage string
 	db    dbAccess
 	run   func(c *consentCtx) int
+	// noPurpose, when set, is why --purpose does not apply. CONTRACTS.md
+	// makes --purpose common to every consent command, so its default is
+	// accepted everywhere; anything else on a command that would ignore it
+	// is refused, rather than, say, erasing every purpose when one was named.
+	noPurpose string
 }
 
 // consentCtx carries what every subcommand shares.
@@ -108,17 +113,36 @@ type consentCtx struct {
 }
 
 func consentCommands() map[string]consentCmd {
+	const allPurposes = "it covers every purpose"
 	return map[string]consentCmd{
-		"grant":    {"usage: pixelrelay consent grant ADDR [--purpose P] [event flags]", dbCreate, runConsentEvent(consent.Granted)},
-		"deny":     {"usage: pixelrelay consent deny ADDR [--purpose P] [event flags]", dbCreate, runConsentEvent(consent.Denied)},
-		"withdraw": {"usage: pixelrelay consent withdraw ADDR [--purpose P] [event flags]", dbCreate, runConsentEvent(consent.Withdrawn)},
-		"show":     {"usage: pixelrelay consent show ADDR [--json] [--tenant T]", dbRead, runConsentShow},
-		"erase":    {"usage: pixelrelay consent erase ADDR [--tenant T]", dbWrite, runConsentErase},
-		"import":   {"usage: pixelrelay consent import [--format native|mailchimp|hubspot] FILE", dbCreate, runConsentImport},
-		"export":   {"usage: pixelrelay consent export [ADDR] [--format csv|jsonl] [--all-tenants] [--output FILE]", dbRead, runConsentExport},
-		"backup":   {"usage: pixelrelay consent backup FILE", dbRead, runConsentBackup},
-		"verify":   {"usage: pixelrelay consent verify [--json] [--db FILE]", dbRead, runConsentVerify},
+		"grant":    {usage: "usage: pixelrelay consent grant ADDR [--purpose P] [event flags]", db: dbCreate, run: runConsentEvent(consent.Granted)},
+		"deny":     {usage: "usage: pixelrelay consent deny ADDR [--purpose P] [event flags]", db: dbCreate, run: runConsentEvent(consent.Denied)},
+		"withdraw": {usage: "usage: pixelrelay consent withdraw ADDR [--purpose P] [event flags]", db: dbCreate, run: runConsentEvent(consent.Withdrawn)},
+		"show":     {usage: "usage: pixelrelay consent show ADDR [--json] [--tenant T]", db: dbRead, run: runConsentShow},
+		"erase": {usage: "usage: pixelrelay consent erase ADDR [--tenant T]", db: dbWrite, run: runConsentErase,
+			noPurpose: "erasure (GDPR art. 17) removes the person from every purpose; to end one purpose, use withdraw --purpose P"},
+		"import": {usage: "usage: pixelrelay consent import [--format native|mailchimp|hubspot] FILE", db: dbCreate, run: runConsentImport,
+			noPurpose: "a native CSV names the purpose per row, and --map maps a column to one"},
+		"export": {usage: "usage: pixelrelay consent export [ADDR] [--format csv|jsonl] [--all-tenants] [--output FILE]", db: dbRead, run: runConsentExport, noPurpose: allPurposes},
+		"backup": {usage: "usage: pixelrelay consent backup FILE", db: dbRead, run: runConsentBackup, noPurpose: "a backup is the whole database"},
+		"verify": {usage: "usage: pixelrelay consent verify [--json] [--db FILE]", db: dbRead, run: runConsentVerify, noPurpose: "it checks the whole chain"},
 	}
+}
+
+// checkPurpose refuses --purpose where it would be ignored.
+func (c *consentCtx) checkPurpose(sub consentCmd) bool {
+	if sub.noPurpose == "" {
+		return true
+	}
+	set := false
+	c.fs.Visit(func(f *flag.Flag) { set = set || f.Name == "purpose" })
+	// Erasing cannot be undone: whoever names a purpose there, even the
+	// default one, expects something narrower than what would happen.
+	if set && (c.purpose != consent.PurposeOpenTracking || c.name == "consent erase") {
+		c.fail("--purpose does not apply to %s: %s", c.name, sub.noPurpose)
+		return false
+	}
+	return true
 }
 
 func runConsent(env *cmdEnv, args []string) int {
@@ -159,6 +183,9 @@ func runConsent(env *cmdEnv, args []string) int {
 		return 1
 	}
 	c.args = pos
+	if !c.checkPurpose(sub) {
+		return 1
+	}
 	if c.target, err = c.store.resolve(env); err != nil {
 		return failDBErr(env.stderr, c.name, err)
 	}

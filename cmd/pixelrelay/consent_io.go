@@ -57,9 +57,6 @@ func runConsentImport(c *consentCtx) int {
 		Format: f.format, Tenant: c.tenant, Actor: c.actor, WeakProof: f.weakProof, Source: f.source,
 		TextVersion: f.textVersion, TextSHA256: f.textSHA256,
 	}
-	if c.purpose != consent.PurposeOpenTracking {
-		return c.fail("--purpose does not apply to import: a native CSV names the purpose per row, and --map maps a column to one")
-	}
 	if f.at != "" {
 		t, err := time.Parse(time.RFC3339Nano, f.at)
 		if err != nil {

@@ -140,6 +140,11 @@ func TestConsentUsageErrors(t *testing.T) {
 		// Erasing from a file a typo just created would say "nothing to erase"
 		// while the real database still holds the person.
 		{"erase in a missing file", nil, []string{"erase", "a@example.com", "--db", db + ".typo"}, "does not exist"},
+		// --purpose where it would be ignored: erase would remove every purpose.
+		{"erase of one purpose", nil, []string{"erase", "a@example.com", "--purpose", "click_tracking", "--db", db}, "use withdraw --purpose P"},
+		{"erase naming the default purpose", nil, []string{"erase", "a@example.com", "--purpose", "open_tracking", "--db", db}, "every purpose"},
+		{"export of one purpose", nil, []string{"export", "--purpose", "click_tracking", "--db", db}, "--purpose does not apply to consent export"},
+		{"import with --purpose", nil, []string{"import", "--purpose", "open_tracking", "--format", "native", consentFixture("native.csv"), "--purpose", "click_tracking", "--db", db}, "names the purpose per row"},
 		{"--map without =", nil, []string{"import", "--format", "mailchimp", "--map", "x", consentFixture("native.csv"), "--db", db}, "COLUMN=PURPOSE"},
 		{"import of a missing file", nil, []string{"import", "/nonexistent.csv", "--db", db}, "cannot read /nonexistent.csv"},
 		{"unknown format", nil, []string{"import", "--format", "xls", consentFixture("native.csv"), "--db", db}, "unknown import format"},
