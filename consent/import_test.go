@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -365,12 +366,34 @@ func TestImportCancelKeepsCommittedBatches(t *testing.T) {
 	for i := range 50 {
 		fmt.Fprintf(&b, "u%d@example.com,open_tracking,granted,2026-01-01T00:00:00Z,e\n", i)
 	}
+	// Ctrl-C part-way: once the first batch of 10 is committed and the
+	// reader is past row 25, the import is cancelled.
 	ctx, cancel := context.WithCancel(context.Background())
-	res, err := s.Import(ctx, strings.NewReader(b.String()), ImportOptions{Actor: "t", BatchSize: 10, OnReject: nil})
-	cancel()
-	if err != nil || res.Imported != 50 {
-		t.Fatalf("uncancelled import: %+v %v", res, err)
+	defer cancel()
+	r := &cancelAfter{data: []byte(b.String()), at: strings.Index(b.String(), "u25@"), onAt: func() {
+		deadline := time.Now().Add(5 * time.Second) // not committed by then: the assertions below say so
+		for mustLookup(t, s, DefaultTenant, "u9@example.com", PurposeOpenTracking) != Granted && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}}
+	res, err := s.Import(ctx, r, ImportOptions{Actor: "t", BatchSize: 10})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled import: %+v %v", res, err)
 	}
+	if res.Imported < 10 || res.Imported >= 50 || res.Imported%10 != 0 {
+		t.Fatalf("imported %d rows: want whole batches of 10, at least the first, not all", res.Imported)
+	}
+	for i := range 50 {
+		want := Unknown
+		if i < res.Imported {
+			want = Granted
+		}
+		if st := mustLookup(t, s, DefaultTenant, fmt.Sprintf("u%d@example.com", i), PurposeOpenTracking); st != want {
+			t.Errorf("u%d = %s, want %s: the store must hold exactly the batches the result reports", i, st, want)
+		}
+	}
+
 	ctx, cancel = context.WithCancel(context.Background())
 	cancel()
 	res, err = s.Import(ctx, strings.NewReader(strings.ReplaceAll(b.String(), "@example.com", "@other.example")), ImportOptions{Actor: "t", BatchSize: 10})
@@ -380,4 +403,29 @@ func TestImportCancelKeepsCommittedBatches(t *testing.T) {
 	if st := mustLookup(t, s, DefaultTenant, "u0@other.example", PurposeOpenTracking); st != Unknown {
 		t.Errorf("an import cancelled before it started wrote %s", st)
 	}
+}
+
+// cancelAfter reads data and calls onAt once, when the read reaches at.
+type cancelAfter struct {
+	data []byte
+	off  int
+	at   int
+	onAt func()
+}
+
+func (r *cancelAfter) Read(p []byte) (int, error) {
+	if r.off >= len(r.data) {
+		return 0, io.EOF
+	}
+	if r.off == r.at && r.onAt != nil {
+		r.onAt()
+		r.onAt = nil
+	}
+	end := len(r.data)
+	if r.off < r.at {
+		end = r.at
+	}
+	n := copy(p, r.data[r.off:end])
+	r.off += n
+	return n, nil
 }
