@@ -111,14 +111,7 @@ func appendLocal(dst []byte, addr, local string, ignorePlusTag bool) ([]byte, er
 		if len(local) > maxLocalLen {
 			return dst, invalidf("%q: the part before the @ is longer than %d characters", addr, maxLocalLen)
 		}
-		for i := 0; i < len(local); i++ {
-			c := local[i]
-			if c >= 'A' && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			dst = append(dst, c)
-		}
-		return dst, nil
+		return appendLowerASCII(dst, local), nil
 	}
 	// SMTPUTF8 local part (RFC 6531): any valid UTF-8 except controls.
 	if !utf8.ValidString(local) {
@@ -160,14 +153,20 @@ func appendQuotedLocal(dst []byte, addr, local string) ([]byte, error) {
 			return dst, invalidf("%q is not a valid address: control character in the quoted local part", addr)
 		}
 	}
-	for i := 0; i < len(local); i++ {
-		c := local[i]
+	return appendLowerASCII(dst, local), nil
+}
+
+// appendLowerASCII appends s with A-Z lowered. The hot path normalises
+// every recipient; strings.ToLower would allocate.
+func appendLowerASCII(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if c >= 'A' && c <= 'Z' {
 			c += 'a' - 'A'
 		}
 		dst = append(dst, c)
 	}
-	return dst, nil
+	return dst
 }
 
 func appendDomain(dst []byte, addr, domain string, strict bool) ([]byte, error) {
@@ -190,13 +189,7 @@ func appendDomain(dst []byte, addr, domain string, strict bool) ([]byte, error) 
 	}
 	if ascii && !(punycode && strict) {
 		start := len(dst)
-		for i := 0; i < len(domain); i++ {
-			c := domain[i]
-			if c >= 'A' && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			dst = append(dst, c)
-		}
+		dst = appendLowerASCII(dst, domain)
 		if err := checkLDH(dst[start:], addr); err != nil {
 			return dst[:start], err
 		}

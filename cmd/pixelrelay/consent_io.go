@@ -281,11 +281,7 @@ func runConsentExport(c *consentCtx) int {
 		}
 		return 0
 	}
-	n, err := writeFileAtomic(f.output, func(w io.Writer) (int64, error) {
-		cw := &countWriter{w: w}
-		err := c.backend.Export(c.ctx, cw, opts)
-		return cw.n, err
-	})
+	n, err := writeFileAtomic(f.output, func(w io.Writer) error { return c.backend.Export(c.ctx, w, opts) })
 	if err != nil {
 		return c.failErr(err)
 	}
@@ -301,7 +297,10 @@ func runConsentBackup(c *consentCtx) int {
 	if !c.target.Remote() && sameFile(out, c.target.Path) {
 		return c.fail("%s is the database itself; give another file", out)
 	}
-	n, err := writeFileAtomic(out, func(w io.Writer) (int64, error) { return c.backend.Backup(c.ctx, w) })
+	n, err := writeFileAtomic(out, func(w io.Writer) error {
+		_, err := c.backend.Backup(c.ctx, w)
+		return err
+	})
 	if err != nil {
 		return c.failErr(err)
 	}
@@ -321,16 +320,20 @@ func runConsentBackup(c *consentCtx) int {
 
 // writeFileAtomic writes through a temporary file in the same directory
 // and renames it into place after fsync, so that an interrupted run never
-// leaves a half-written file under the final name.
-func writeFileAtomic(path string, write func(w io.Writer) (int64, error)) (int64, error) {
+// leaves a half-written file under the final name. It returns the size.
+func writeFileAtomic(path string, write func(w io.Writer) error) (int64, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return 0, fmt.Errorf("cannot write %s: %v", path, errors.Unwrap(err))
 	}
 	defer os.Remove(tmp.Name())
-	n, err := write(tmp)
+	err = write(tmp)
 	if err == nil {
 		err = tmp.Sync()
+	}
+	var n int64
+	if err == nil {
+		n, err = tmp.Seek(0, io.SeekCurrent)
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
@@ -345,15 +348,4 @@ func sameFile(a, b string) bool {
 	sa, err1 := os.Stat(a)
 	sb, err2 := os.Stat(b)
 	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
