@@ -317,4 +317,3 @@ func adminMux(cfg relay.Config, store *consent.Store, beacons *beacon.Beacons, r
 	}
 	return mux
 }
-
