@@ -298,9 +298,6 @@ type beaconDecider interface {
 // the server's API when server is set (base, if set, replaces the server's
 // beacon base in the URL), else from db, which the caller opened writable.
 // done flushes the recipient count to db; call it before exiting.
-//
-// TODO(integrator): wire into `rewrite --action beacon` (and add
-// --beacon-min-batch there if wanted; 0 means the default of 50).
 func newBeaconDecider(env *cmdEnv, db *bbolt.DB, server, base string, minBatch int) (d beaconDecider, done func() error, err error) {
 	if server != "" {
 		token := env.getenv("PIXELRELAY_API_TOKEN")
@@ -312,7 +309,9 @@ func newBeaconDecider(env *cmdEnv, db *bbolt.DB, server, base string, minBatch i
 	if db == nil {
 		return nil, nil, errors.New("--action beacon needs --db FILE or --server URL for the signing key and the batch counter")
 	}
-	b, err := beacon.Open(db, beacon.Options{Base: base, MinBatch: minBatch})
+	// Only signs; never prunes: the filter does not know serve's
+	// beacon_max_age and would delete keys a longer one still verifies with.
+	b, err := beacon.Open(db, beacon.Options{Base: base, MinBatch: minBatch, KeepRetiredKeys: true})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -327,3 +327,35 @@ func TestBeaconTargetFromEnvironmentAndConfig(t *testing.T) {
 		t.Errorf("--db over PIXELRELAY_SERVER: exit %d\n%s%s", code, out, errs)
 	}
 }
+
+// `rewrite --action beacon --db` does not know serve's beacon_max_age, so
+// it must not delete a retired key that a serve honouring tokens for longer
+// than the default 90 days still verifies with.
+func TestBeaconDeciderKeepsRetiredKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pixelrelay.db")
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := beacon.LoadKeys(db, time.Now().Add(-300*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := beacon.RotateKey(db, beacon.RotateOptions{Now: time.Now().Add(-200 * 24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	d, done, err := newBeaconDecider(&cmdEnv{getenv: func(string) string { return "" }}, db, "", "https://beacon.example.com", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := d.Decide("default", "weekly", 1, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := done(); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := beacon.ListKeys(db)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("after a rewrite run the database holds keys %+v (%v); want the signing key and the one retired 200 days ago", keys, err)
+	}
+}
