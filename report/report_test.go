@@ -171,10 +171,7 @@ func assertSelfContained(t *testing.T, page []byte) {
 func TestCounts(t *testing.T) {
 	s := readFiles(t, "audit.jsonl")
 	a := &s.audit
-	checks := []struct {
-		what      string
-		got, want int
-	}{
+	checkCounts(t, "audit", []count{
 		{"messages", a.messages, 14},
 		{"messages with trackers (all but the password reset and the rejected one)", a.withTrackers, 12},
 		{"trackers", a.trackers, 14},
@@ -208,12 +205,7 @@ func TestCounts(t *testing.T) {
 		{"rejected", a.outcomes.get("rejected").messages, 1},
 		{"tenants", a.tenants.len(), 2},
 		{"skipped lines", s.skipped, 0},
-	}
-	for _, c := range checks {
-		if c.got != c.want {
-			t.Errorf("%s: got %d, want %d", c.what, c.got, c.want)
-		}
-	}
+	})
 	// Every delivered copy is accounted for exactly once, in both splits.
 	copies, consent := 0, 0
 	for _, n := range a.copies {
@@ -233,10 +225,7 @@ func TestCounts(t *testing.T) {
 	}
 
 	sc := readFiles(t, "scan.jsonl").scan
-	scanChecks := []struct {
-		what      string
-		got, want int
-	}{
+	checkCounts(t, "scan", []count{
 		{"scanned messages", sc.messages, 5},
 		{"unreadable", sc.unreadable, 1},
 		{"with trackers", sc.withTrackers, 4},
@@ -245,10 +234,20 @@ func TestCounts(t *testing.T) {
 		{"Mailchimp findings", sc.vendors.get("Mailchimp").trackers, 3},
 		{"with problems", sc.withProblems, 1},
 		{"background vector", sc.vectors.get("background").messages, 1},
-	}
-	for _, c := range scanChecks {
+	})
+}
+
+// count is one figure a test expects.
+type count struct {
+	what      string
+	got, want int
+}
+
+func checkCounts(t *testing.T, kind string, counts []count) {
+	t.Helper()
+	for _, c := range counts {
 		if c.got != c.want {
-			t.Errorf("scan: %s: got %d, want %d", c.what, c.got, c.want)
+			t.Errorf("%s: %s: got %d, want %d", kind, c.what, c.got, c.want)
 		}
 	}
 }
