@@ -183,29 +183,22 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 		return err
 	}
 
-	var admin *http.Server
+	var admin, public *http.Server
 	if cfg.HTTP != "" {
-		ln, err := net.Listen("tcp", cfg.HTTP)
-		if err != nil {
-			rl.Close()
-			return fmt.Errorf("http: listen on %s: %w", cfg.HTTP, err)
-		}
 		admin = &http.Server{Handler: adminMux(cfg, store, beacons, rl, reg, log), ReadHeaderTimeout: 10 * time.Second}
-		go admin.Serve(ln)
-		log.Info("admin API listening", "addr", ln.Addr().String())
-	}
-	var public *http.Server
-	if cfg.BeaconListen != "" {
-		ln, err := net.Listen("tcp", cfg.BeaconListen)
-		if err != nil {
+		if err := startHTTP(admin, "http", cfg.HTTP, log, "admin API listening"); err != nil {
 			rl.Close()
-			return fmt.Errorf("beacon_listen: listen on %s: %w", cfg.BeaconListen, err)
+			return err
 		}
+	}
+	if cfg.BeaconListen != "" {
 		// Serves /b/{token}.gif only, with no access log: a load is
 		// counted, never its address, user agent or referrer.
 		public = beacons.PublicServer(cfg.BeaconListen)
-		go public.Serve(ln)
-		log.Info("beacon listener", "addr", ln.Addr().String(), "public_base", cfg.BeaconBase)
+		if err := startHTTP(public, "beacon_listen", cfg.BeaconListen, log, "beacon listener", "public_base", cfg.BeaconBase); err != nil {
+			rl.Close()
+			return err
+		}
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -234,6 +227,19 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 		log.Info("pixelrelay stopped")
 		return nil
 	}
+	return nil
+}
+
+// startHTTP listens on addr, the value of config key, before returning, so
+// that a port in use stops serve at start instead of failing in the
+// background; then it serves srv and logs msg with the bound address.
+func startHTTP(srv *http.Server, key, addr string, log *slog.Logger, msg string, attrs ...any) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s: listen on %s: %w", key, addr, err)
+	}
+	go srv.Serve(ln)
+	log.Info(msg, append([]any{"addr", ln.Addr().String()}, attrs...)...)
 	return nil
 }
 
