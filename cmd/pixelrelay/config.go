@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"reflect"
@@ -107,9 +108,18 @@ func formatValue(v reflect.Value) string {
 	return fmt.Sprint(v.Interface())
 }
 
+// override is a key that the config file sets and a PIXELRELAY_*
+// variable replaces with another value. The order is documented, but the
+// variable is easy to miss: the container image sets six of them.
+type override struct {
+	key, variable, file string
+}
+
 // load builds and validates the configuration. Every problem, from every
-// layer, is reported in one error, each naming its key and its source.
-func (l *configLoader) load() (relay.Config, error) {
+// layer, is reported in one error, each naming its key and its source. It
+// also returns the file's keys that the environment overrides, for serve to
+// warn about.
+func (l *configLoader) load() (relay.Config, []override, error) {
 	cfg := relay.DefaultConfig()
 	var errs []error
 
@@ -117,12 +127,15 @@ func (l *configLoader) load() (relay.Config, error) {
 	if path == "" {
 		path = l.getenv("PIXELRELAY_CONFIG")
 	}
+	var inFile map[string]bool
 	if path != "" {
-		if err := loadYAML(path, &cfg); err != nil {
+		var err error
+		if inFile, err = loadYAML(path, &cfg); err != nil {
 			errs = append(errs, err)
 		}
 	}
 
+	var overrides []override
 	v := reflect.ValueOf(&cfg).Elem()
 	for _, k := range configKeys() {
 		if s := l.getenv(envName(k.name)); s != "" {
@@ -130,8 +143,15 @@ func (l *configLoader) load() (relay.Config, error) {
 			if k.kind.Kind() == reflect.Slice {
 				vals = splitList(s)
 			}
-			if err := setField(v.FieldByIndex(k.index), vals); err != nil {
+			f := v.FieldByIndex(k.index)
+			fromFile := f.Interface()
+			if err := setField(f, vals); err != nil {
 				errs = append(errs, fmt.Errorf("%s (from %s): %v", k.name, envName(k.name), err))
+				continue
+			}
+			_, flagged := l.flagValues[k.name]
+			if inFile[k.name] && !flagged && !reflect.DeepEqual(fromFile, f.Interface()) {
+				overrides = append(overrides, override{key: k.name, variable: envName(k.name), file: path})
 			}
 		}
 	}
@@ -152,7 +172,16 @@ func (l *configLoader) load() (relay.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	return cfg, errors.Join(errs...)
+	return cfg, overrides, errors.Join(errs...)
+}
+
+// warnOverrides logs each config-file key that the environment overrides.
+// Values are left out: some are secrets (api_token, upstream).
+func warnOverrides(log *slog.Logger, overrides []override) {
+	for _, o := range overrides {
+		log.Warn("the environment overrides the config file for this key; unset the variable to use the file's value",
+			"key", o.key, "variable", o.variable, "config", o.file)
+	}
 }
 
 func splitList(s string) []string {
@@ -223,18 +252,27 @@ func parseSize(s string) (int64, error) {
 }
 
 // loadYAML reads the config file strictly: an unknown key is an error, as
-// a typo that silently does nothing is the worst kind of config bug.
-func loadYAML(path string, cfg *relay.Config) error {
+// a typo that silently does nothing is the worst kind of config bug. It
+// returns the keys the file sets.
+func loadYAML(path string, cfg *relay.Config) (map[string]bool, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config file: %w", err)
+		return nil, fmt.Errorf("config file: %w", err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
-	return nil
+	var top map[string]yaml.Node
+	if err := yaml.Unmarshal(data, &top); err != nil {
+		return nil, fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	keys := make(map[string]bool, len(top))
+	for k := range top {
+		keys[k] = true
+	}
+	return keys, nil
 }
 
 // describeConfig renders the effective configuration for the startup log,

@@ -15,7 +15,7 @@ import (
 
 // loadServeConfig runs serve's loader in-process: yaml (if not empty) as
 // the --config file, env as the environment, args as the command line.
-func loadServeConfig(t *testing.T, yaml string, env map[string]string, args ...string) (relay.Config, error) {
+func loadServeConfig(t *testing.T, yaml string, env map[string]string, args ...string) (relay.Config, []override, error) {
 	t.Helper()
 	l := &configLoader{getenv: func(k string) string { return env[k] }}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -88,7 +88,7 @@ func TestConfigPrecedence(t *testing.T) {
 				{"flag over file", yaml, nil, args, c.fromFlag},
 			}
 			for _, s := range steps {
-				cfg, err := loadServeConfig(t, s.yaml, s.env, s.args...)
+				cfg, _, err := loadServeConfig(t, s.yaml, s.env, s.args...)
 				if err != nil {
 					t.Fatalf("%s: %v", s.what, err)
 				}
@@ -101,7 +101,7 @@ func TestConfigPrecedence(t *testing.T) {
 	// PIXELRELAY_CONFIG names the file when --config does not.
 	path := filepath.Join(t.TempDir(), "env.yaml")
 	os.WriteFile(path, []byte("hostname: from-env-file.example\n"), 0o600)
-	cfg, err := loadServeConfig(t, "", map[string]string{"PIXELRELAY_CONFIG": path})
+	cfg, _, err := loadServeConfig(t, "", map[string]string{"PIXELRELAY_CONFIG": path})
 	if err != nil || cfg.Hostname != "from-env-file.example" {
 		t.Errorf("PIXELRELAY_CONFIG: hostname %q, %v", cfg.Hostname, err)
 	}
@@ -130,5 +130,59 @@ func TestServeInvalidConfigReportsEveryProblem(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the output lacks %q:\n%s", want, &out)
 		}
+	}
+}
+
+// The environment beating the config file is the documented order, but in a
+// container the image sets six variables, so a mounted file's value for one
+// of them would do nothing without a word. The loader names every such key.
+func TestConfigEnvironmentOverridesAreNamed(t *testing.T) {
+	dir := t.TempDir()
+	yaml := "allow_net: [10.9.0.0/16]\nhostname: file.example\ndb: " + dir + "/p.db\naudit_log: " + dir + "/audit.jsonl\n"
+	env := map[string]string{
+		"PIXELRELAY_ALLOW_NET": "127.0.0.0/8,10.0.0.0/8", // differs from the file: named
+		"PIXELRELAY_DB":        dir + "/p.db",            // the same value: nothing to say
+		"PIXELRELAY_LISTEN":    "0.0.0.0:2525",           // not in the file
+		"PIXELRELAY_HOSTNAME":  "env.example",            // a flag decides in the end
+		"PIXELRELAY_AUDIT_LOG": dir + "/other.jsonl",     // differs: named
+	}
+	cfg, overrides, err := loadServeConfig(t, yaml, env, "--hostname", "flag.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, o := range overrides {
+		got = append(got, o.key+" "+o.variable)
+		if !strings.HasSuffix(o.file, "pixelrelay.yaml") {
+			t.Errorf("override %s names the file %q", o.key, o.file)
+		}
+	}
+	if want := "audit_log PIXELRELAY_AUDIT_LOG, allow_net PIXELRELAY_ALLOW_NET"; strings.Join(got, ", ") != want {
+		t.Errorf("overrides %q, want %q", strings.Join(got, ", "), want)
+	}
+	if strings.Join(cfg.AllowNet, ",") != env["PIXELRELAY_ALLOW_NET"] {
+		t.Errorf("allow_net = %v: the environment still wins", cfg.AllowNet)
+	}
+}
+
+// What the operator sees: serve's log names the key, the variable and the
+// file, and no value (api_token and upstream can be secrets).
+func TestServeWarnsWhenEnvironmentOverridesFile(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "pixelrelay.yaml")
+	os.WriteFile(conf, []byte("allow_net: [172.30.0.0/24]\napi_token: file-secret\n"), 0o600)
+	s := startServeEnv(t, "", []string{"PIXELRELAY_ALLOW_NET=127.0.0.0/8"}, "--config", conf)
+	s.stop()
+	log := s.out.String()
+	want := `level=WARN msg="the environment overrides the config file for this key; unset the variable to use the file's value" key=allow_net variable=PIXELRELAY_ALLOW_NET config=` + conf
+	if !strings.Contains(log, want) {
+		t.Errorf("the log lacks %q:\n%s", want, log)
+	}
+	// api_token is set by the file and by PIXELRELAY_API_TOKEN (the test
+	// harness's): named, but neither value is logged.
+	if !strings.Contains(log, "key=api_token variable=PIXELRELAY_API_TOKEN") {
+		t.Errorf("the api_token override is not named:\n%s", log)
+	}
+	if strings.Contains(log, "file-secret") || strings.Contains(log, s.token) {
+		t.Errorf("the log holds a token:\n%s", log)
 	}
 }

@@ -89,7 +89,7 @@ func TestExampleConfig(t *testing.T) {
 
 	// Through the same loader serve uses, with no environment.
 	l := &configLoader{getenv: func(string) string { return "" }, configPath: exampleConfigPath}
-	cfg, err := l.load()
+	cfg, _, err := l.load()
 	if err != nil {
 		t.Fatalf("%s does not load: %v", exampleConfigPath, err)
 	}

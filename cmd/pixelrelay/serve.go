@@ -51,12 +51,13 @@ func runServe(env *cmdEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "pixelrelay serve: unexpected argument %q; see pixelrelay help serve\n", rest[0])
 		return 1
 	}
-	cfg, err := loader.load()
+	cfg, overrides, err := loader.load()
 	if err != nil {
 		printConfigErrors(env.stderr, err)
 		return 1
 	}
 	logger, level := newLogger(env.stderr, cfg.LogFormat, cfg.LogLevel)
+	warnOverrides(logger, overrides)
 	if err := serve(loader, cfg, logger, level); err != nil {
 		logger.Error("pixelrelay stopped", "err", err)
 		return 1
@@ -247,11 +248,14 @@ func startHTTP(srv *http.Server, key, addr string, log *slog.Logger, msg string,
 // whole (every problem logged) and the running one stays in force. Keys
 // that need a restart keep their running values, and the log says which.
 func reload(loader *configLoader, rl *relay.Relay, rw *swappableRewriter, audit *relay.AuditLog, level *slog.LevelVar, log *slog.Logger) {
-	cfg, err := loader.load()
+	cfg, overrides, err := loader.load()
 	if err != nil {
 		log.Error("SIGHUP: new configuration rejected; the running one stays in force", "problems", strings.Split(err.Error(), "\n"))
 		return
 	}
+	// An edit of the file that the environment overrides changes nothing:
+	// say so again, since that edit is what SIGHUP is for.
+	warnOverrides(log, overrides)
 	// beacon_base needs a restart (the beacon store keeps its own); the
 	// engine must keep treating the running one as ours.
 	engCfg := cfg
