@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"reflect"
@@ -87,7 +88,9 @@ func (l *configLoader) registerServeFlags(fs *flag.FlagSet) {
 	dv := reflect.ValueOf(def)
 	for _, k := range configKeys() {
 		usage := k.doc
-		if d := dv.FieldByIndex(k.index); !d.IsZero() {
+		// A description that says what the default is ("the host name")
+		// keeps its words: the value of this machine would only mislead.
+		if d := dv.FieldByIndex(k.index); !d.IsZero() && !strings.Contains(usage, "(default") {
 			usage += fmt.Sprintf(" (default %v)", formatValue(d))
 		}
 		if k.kind.Kind() == reflect.Slice {
@@ -245,6 +248,10 @@ func parseSize(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
+	if errors.Is(err, strconv.ErrRange) || n > math.MaxInt64/mult || n < math.MinInt64/mult {
+		// Wrapping around would turn a typo into 0 or a negative size.
+		return 0, fmt.Errorf("%q is too large; sizes go up to %dG", s, int64(math.MaxInt64)>>30)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a number", s)
 	}
@@ -289,9 +296,15 @@ func describeConfig(cfg relay.Config) []any {
 		}
 		fv := v.Field(i)
 		var shown any
-		switch {
-		case f.Type.Kind() == reflect.Map || f.Type.Kind() == reflect.Struct:
-			shown = fmt.Sprintf("%v", fv.Interface())
+		switch x := fv.Interface().(type) {
+		case relay.TenantMap:
+			shown = describeTenants(x)
+		case []relay.DKIMKey:
+			names := make([]string, len(x))
+			for i, k := range x {
+				names[i] = k.Selector + "._domainkey." + k.Domain
+			}
+			shown = strings.Join(names, ",")
 		default:
 			shown = formatValue(fv)
 		}
@@ -306,6 +319,22 @@ func describeConfig(cfg relay.Config) []any {
 		attrs = append(attrs, name, shown)
 	}
 	return attrs
+}
+
+// describeTenants sums the tenant mapping up: the map itself can be long,
+// and it names users.
+func describeTenants(m relay.TenantMap) string {
+	var parts []string
+	if n := len(m.Users); n > 0 {
+		parts = append(parts, strconv.Itoa(n)+" "+plural(n, "user", "users"))
+	}
+	if n := len(m.SenderDomains); n > 0 {
+		parts = append(parts, strconv.Itoa(n)+" "+plural(n, "sender domain", "sender domains"))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func maskURL(s string) string {

@@ -116,7 +116,7 @@ func TestServeInvalidConfigReportsEveryProblem(t *testing.T) {
 	env := &cmdEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &out, getenv: func(k string) string {
 		return map[string]string{"PIXELRELAY_DRY_RUN": "maybe"}[k]
 	}}
-	code := dispatch(env, []string{"serve", "--config", path, "--drain-timeout", "soon", "--spool-memory", "lots"})
+	code := dispatch(env, []string{"serve", "--config", path, "--drain-timeout", "soon", "--spool-memory", "lots", "--max-message-bytes", "17179869184G"})
 	if code != 1 {
 		t.Fatalf("exit %d, want 1:\n%s", code, &out)
 	}
@@ -125,6 +125,8 @@ func TestServeInvalidConfigReportsEveryProblem(t *testing.T) {
 		`  - dry_run (from PIXELRELAY_DRY_RUN): "maybe" is not true or false`,
 		`  - drain_timeout (from --drain-timeout): "soon" is not a duration`,
 		`  - spool_memory (from --spool-memory): "lots" is not a number`,
+		// 2^64 bytes: once wrapped around to 0 and accepted.
+		`  - max_message_bytes (from --max-message-bytes): "17179869184G" is too large`,
 		"max_recipients",
 	} {
 		if !strings.Contains(out.String(), want) {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,6 +46,9 @@ func runServe(env *cmdEnv, args []string) int {
 	fs := newFlagSet("serve", serveUsage, env.stderr)
 	loader.registerServeFlags(fs)
 	rest, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		return 1
 	}
