@@ -27,6 +27,16 @@ var (
 	binErr  error
 )
 
+// TestMain removes the binary pixelrelayBinary built: it outlives every
+// test, so no t.Cleanup can, and each run would leave 20 MB in $TMPDIR.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // pixelrelayBinary builds ./cmd/pixelrelay once per test run.
 func pixelrelayBinary(t *testing.T) string {
 	t.Helper()
