@@ -37,6 +37,12 @@ type Options struct {
 	// MaxAge is how long a token is honoured: through the end of the UTC
 	// day MaxAge after its day. Default 90 days.
 	MaxAge time.Duration
+	// KeepRetiredKeys stops Open from deleting retired keys whose tokens
+	// have all expired under MaxAge. A short-lived opener that does not
+	// know the server's MaxAge (rewrite --action beacon --db) sets it, so
+	// that it cannot delete a key a server with a longer MaxAge still
+	// verifies with.
+	KeepRetiredKeys bool
 	// FlushInterval is how often counts go to the database, in one
 	// transaction. A crash loses at most this much counting, never mail.
 	// Default one second.
@@ -167,8 +173,10 @@ func Open(db *bbolt.DB, opts Options) (*Beacons, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := pruneKeys(db, keys, opts.MaxAge, now); err != nil {
-		return nil, fmt.Errorf("beacon: deleting expired signing keys from %s: %w", db.Path(), err)
+	if !opts.KeepRetiredKeys {
+		if err := pruneKeys(db, keys, opts.MaxAge, now); err != nil {
+			return nil, fmt.Errorf("beacon: deleting expired signing keys from %s: %w", db.Path(), err)
+		}
 	}
 	kr, err := newKeyring(keys)
 	if err != nil {

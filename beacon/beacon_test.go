@@ -662,3 +662,38 @@ func TestFlushFailureKeepsCounts(t *testing.T) {
 		t.Fatal("Close hid the failed final flush")
 	}
 }
+
+// A key retired longer ago than MaxAge (plus slack) verifies nothing any
+// more, and Open deletes it; KeepRetiredKeys, for an opener that does not
+// know the server's MaxAge, leaves it.
+func TestOpenPrunesExpiredKeys(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		db, _ := testDB(t)
+		if _, err := LoadKeys(db, t0.Add(-200*24*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := RotateKey(db, RotateOptions{Now: t0.Add(-100 * 24 * time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := RotateKey(db, RotateOptions{Now: t0.Add(-10 * 24 * time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		open(t, db, newClock(t0), Options{MaxAge: 90 * 24 * time.Hour, KeepRetiredKeys: keep})
+		keys, err := ListKeys(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []uint32
+		for _, k := range keys {
+			ids = append(ids, k.ID)
+		}
+		// Key 1 was retired 100 days ago: past 90 days and 3 of slack.
+		want := []uint32{3, 2}
+		if keep {
+			want = []uint32{3, 2, 1}
+		}
+		if fmt.Sprint(ids) != fmt.Sprint(want) {
+			t.Errorf("KeepRetiredKeys=%v: keys %v after Open, want %v", keep, ids, want)
+		}
+	}
+}

@@ -75,15 +75,21 @@ type page struct {
 
 type kpi struct{ Value, Label, Note string }
 
-type auditView struct {
+// trackerView is the part the audit and the scan sections share.
+type trackerView struct {
 	KPIs         []kpi
-	DryRun       string
-	NoGrant      string
 	Problems     string
 	Vendors      chart
 	Unattributed []tableRow
 	Vectors      []tableRow
 	Reasons      []tableRow
+	Overflow     []string
+}
+
+type auditView struct {
+	trackerView
+	DryRun       string
+	NoGrant      string
 	Actions      shares
 	NotDelivered string
 	Consent      shares
@@ -91,19 +97,10 @@ type auditView struct {
 	Campaigns    []topRow
 	Tenants      []topRow
 	Outcomes     []tableRow
-	Overflow     []string
 	Top          int
 }
 
-type scanView struct {
-	KPIs         []kpi
-	Problems     string
-	Vendors      chart
-	Unattributed []tableRow
-	Vectors      []tableRow
-	Reasons      []tableRow
-	Overflow     []string
-}
+type scanView struct{ trackerView }
 
 type sourceView struct {
 	Name, Lines, Records, Skipped, Chain string
@@ -234,31 +231,53 @@ func buildPage(s *Summary, opts Options) *page {
 	return p
 }
 
+// view lays out the tracker figures of messages, which is "messages
+// relayed" or "messages scanned": the first three KPIs, the vendor chart,
+// the tables and the tallies that overflowed.
+func (c *trackerStats) view(opts Options, messages string) trackerView {
+	v := trackerView{
+		KPIs: []kpi{
+			{Value: num(c.messages), Label: messages},
+			{Value: pct(c.withTrackers, c.messages), Label: "carried trackers", Note: num(c.withTrackers) + " messages"},
+			{Value: num(c.trackers), Label: "trackers found", Note: sourcesNote(c.vendors, c.unattributed)},
+		},
+		Vendors:      vendorChart(c.vendors, c.messages, opts.Bars, messages),
+		Unattributed: countRows(c.unattributed, opts.Top, c.messages),
+		Vectors:      countRows(c.vectors, opts.Top, c.messages),
+		Reasons:      countRows(c.reasons, opts.Top, c.messages),
+		Overflow:     overflown(c.tallies()),
+	}
+	if c.withProblems > 0 {
+		v.Problems = num(c.withProblems)
+	}
+	return v
+}
+
+// overflown names, sorted, the tallies that reached MaxItems.
+func overflown(tallies map[string]*tally) []string {
+	var names []string
+	for name, t := range tallies {
+		if t.overflown {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
 func buildAudit(a *auditStats, opts Options) *auditView {
-	v := &auditView{Top: opts.Top}
+	v := &auditView{trackerView: a.view(opts, "messages relayed"), Top: opts.Top}
 	copies := 0
 	for _, n := range a.copies {
 		copies += n
 	}
-	v.KPIs = []kpi{
-		{Value: num(a.messages), Label: "messages relayed"},
-		{Value: pct(a.withTrackers, a.messages), Label: "carried trackers", Note: num(a.withTrackers) + " messages"},
-		{Value: num(a.trackers), Label: "trackers found", Note: sourcesNote(a.vendors, a.unattributed)},
-		{Value: num(copies), Label: "recipient copies delivered"},
-	}
+	v.KPIs = append(v.KPIs, kpi{Value: num(copies), Label: "recipient copies delivered"})
 	if a.dryRun > 0 {
 		v.DryRun = num(a.dryRun)
 	}
 	if n := a.copies[copyKeptNoGrant]; n > 0 {
 		v.NoGrant = num(n)
 	}
-	if a.withProblems > 0 {
-		v.Problems = num(a.withProblems)
-	}
-	v.Vendors = vendorChart(a.vendors, a.messages, opts.Bars, "messages relayed")
-	v.Unattributed = countRows(a.unattributed, opts.Top, a.messages)
-	v.Vectors = countRows(a.vectors, opts.Top, a.messages)
-	v.Reasons = countRows(a.reasons, opts.Top, a.messages)
 
 	v.Actions = buildShares(copies, []shareRow{
 		{Class: copyStripped, Label: "Stripped", Help: "trackers removed: the recipient had not granted consent"},
@@ -321,36 +340,17 @@ func buildAudit(a *auditStats, opts Options) *auditView {
 	for _, r := range outcomes {
 		v.Outcomes = append(v.Outcomes, tableRow{Name: orValue(r.key, "(none)"), Count: num(r.messages), Share: pct(r.messages, a.messages)})
 	}
-	for name, t := range map[string]*tally{"vendors": a.vendors, "hosts": a.unattributed, "sender domains": a.senders, "campaigns": a.campaigns, "tenants": a.tenants, "consent states": a.consent} {
-		if t.overflown {
-			v.Overflow = append(v.Overflow, name)
-		}
+	tallies := a.tallies()
+	for name, t := range map[string]*tally{"sender domains": a.senders, "campaigns": a.campaigns, "tenants": a.tenants, "consent states": a.consent} {
+		tallies[name] = t
 	}
-	sort.Strings(v.Overflow)
+	v.Overflow = overflown(tallies)
 	return v
 }
 
 func buildScan(c *scanStats, opts Options) *scanView {
-	v := &scanView{}
-	v.KPIs = []kpi{
-		{Value: num(c.messages), Label: "messages scanned"},
-		{Value: pct(c.withTrackers, c.messages), Label: "carried trackers", Note: num(c.withTrackers) + " messages"},
-		{Value: num(c.trackers), Label: "trackers found", Note: sourcesNote(c.vendors, c.unattributed)},
-		{Value: num(c.unreadable), Label: "unreadable", Note: "not counted above"},
-	}
-	if c.withProblems > 0 {
-		v.Problems = num(c.withProblems)
-	}
-	v.Vendors = vendorChart(c.vendors, c.messages, opts.Bars, "messages scanned")
-	v.Unattributed = countRows(c.unattributed, opts.Top, c.messages)
-	v.Vectors = countRows(c.vectors, opts.Top, c.messages)
-	v.Reasons = countRows(c.reasons, opts.Top, c.messages)
-	for name, t := range map[string]*tally{"vendors": c.vendors, "hosts": c.unattributed} {
-		if t.overflown {
-			v.Overflow = append(v.Overflow, name)
-		}
-	}
-	sort.Strings(v.Overflow)
+	v := &scanView{c.view(opts, "messages scanned")}
+	v.KPIs = append(v.KPIs, kpi{Value: num(c.unreadable), Label: "unreadable", Note: "not counted above"})
 	return v
 }
 

@@ -171,10 +171,7 @@ func assertSelfContained(t *testing.T, page []byte) {
 func TestCounts(t *testing.T) {
 	s := readFiles(t, "audit.jsonl")
 	a := &s.audit
-	checks := []struct {
-		what      string
-		got, want int
-	}{
+	checkCounts(t, "audit", []count{
 		{"messages", a.messages, 14},
 		{"messages with trackers (all but the password reset and the rejected one)", a.withTrackers, 12},
 		{"trackers", a.trackers, 14},
@@ -186,11 +183,11 @@ func TestCounts(t *testing.T) {
 		{"copies kept with consent", a.copies[copyKept], 5},
 		{"dry-run copies", a.copies[copyDryRun], 2},
 		{"copies of clean messages", a.copies[copyClean], 1},
-		{"copies kept without a grant", a.copies[copyKeptNoGrant], 0},
+		{"copies kept without a grant (the last record's third recipient)", a.copies[copyKeptNoGrant], 1},
 		{"granted", a.consent.get("granted").recipients, 6},
 		{"denied", a.consent.get("denied").recipients, 4},
 		{"withdrawn", a.consent.get("withdrawn").recipients, 2},
-		{"unknown", a.consent.get("unknown").recipients, 8},
+		{"unknown", a.consent.get("unknown").recipients, 9},
 		{"lookup errors", a.consent.get("error").recipients, 1},
 		{"Mailchimp messages", a.vendors.get("Mailchimp").messages, 7},
 		{"SendGrid messages", a.vendors.get("SendGrid").messages, 2},
@@ -208,12 +205,7 @@ func TestCounts(t *testing.T) {
 		{"rejected", a.outcomes.get("rejected").messages, 1},
 		{"tenants", a.tenants.len(), 2},
 		{"skipped lines", s.skipped, 0},
-	}
-	for _, c := range checks {
-		if c.got != c.want {
-			t.Errorf("%s: got %d, want %d", c.what, c.got, c.want)
-		}
-	}
+	})
 	// Every delivered copy is accounted for exactly once, in both splits.
 	copies, consent := 0, 0
 	for _, n := range a.copies {
@@ -222,8 +214,8 @@ func TestCounts(t *testing.T) {
 	for _, r := range a.consent.rows {
 		consent += r.recipients
 	}
-	if copies != 21 || consent != 21 {
-		t.Errorf("delivered copies: actions add up to %d, consent states to %d; want 21 each", copies, consent)
+	if copies != 22 || consent != 22 {
+		t.Errorf("delivered copies: actions add up to %d, consent states to %d; want 22 each", copies, consent)
 	}
 	if want := time.Date(2026, 4, 14, 8, 2, 11, 0, time.UTC); !a.first.Equal(want) {
 		t.Errorf("first record at %v, want %v", a.first, want)
@@ -233,10 +225,7 @@ func TestCounts(t *testing.T) {
 	}
 
 	sc := readFiles(t, "scan.jsonl").scan
-	scanChecks := []struct {
-		what      string
-		got, want int
-	}{
+	checkCounts(t, "scan", []count{
 		{"scanned messages", sc.messages, 5},
 		{"unreadable", sc.unreadable, 1},
 		{"with trackers", sc.withTrackers, 4},
@@ -245,10 +234,35 @@ func TestCounts(t *testing.T) {
 		{"Mailchimp findings", sc.vendors.get("Mailchimp").trackers, 3},
 		{"with problems", sc.withProblems, 1},
 		{"background vector", sc.vectors.get("background").messages, 1},
-	}
-	for _, c := range scanChecks {
+	})
+}
+
+// count is one figure a test expects.
+type count struct {
+	what      string
+	got, want int
+}
+
+func checkCounts(t *testing.T, kind string, counts []count) {
+	t.Helper()
+	for _, c := range counts {
 		if c.got != c.want {
-			t.Errorf("scan: %s: got %d, want %d", c.what, c.got, c.want)
+			t.Errorf("%s: %s: got %d, want %d", kind, c.what, c.got, c.want)
+		}
+	}
+}
+
+// A recipient copy that kept its trackers without a grant is the one thing
+// a compliance officer must not miss: the report says so at the top and
+// marks the row.
+func TestKeptWithoutGrantIsFlagged(t *testing.T) {
+	page := string(render(t, readFiles(t, "audit.jsonl"), goldenOpts))
+	for _, want := range []string{
+		`<p class="callout bad"><strong>1 recipient copy kept trackers without a recorded grant.</strong>`,
+		`<tr class="warn"><td><span class="swatch kept-nogrant"></span>Kept without a recorded grant`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the report lacks %q", want)
 		}
 	}
 }

@@ -60,23 +60,74 @@ type source struct {
 	chain        chain
 }
 
-// auditStats is what the audit records add up to.
-type auditStats struct {
+// trackerStats is what the trackers of a set of messages add up to, the
+// same for relayed (audit) and scanned mail.
+type trackerStats struct {
 	messages     int
 	withTrackers int
 	trackers     int
-	dryRun       int
 	withProblems int
+	vendors      *tally
+	unattributed *tally // hosts of trackers with no known vendor
+	vectors      *tally
+	reasons      *tally
+}
+
+func newTrackerStats() trackerStats {
+	return trackerStats{vendors: newTally(), unattributed: newTally(), vectors: newTally(), reasons: newTally()}
+}
+
+// addMessage counts one message carrying n trackers and returns the
+// function that counts each of them. A vendor, vector or reason counts once
+// per message however many of its findings the message carries ("how many
+// messages did Mailchimp track" is the question); the finding count is
+// kept beside it.
+func (c *trackerStats) addMessage(n int, problems bool) func(vendor, host, vector string, reasons []string) {
+	c.messages++
+	if n > 0 {
+		c.withTrackers++
+	}
+	c.trackers += n
+	if problems {
+		c.withProblems++
+	}
+	seen := map[string]bool{}
+	once := func(t *tally, ns, key string) {
+		first := !seen[ns+key]
+		seen[ns+key] = true
+		m := 0
+		if first {
+			m = 1
+		}
+		t.add(key, m, first, 1, 0)
+	}
+	return func(vendor, host, vector string, reasons []string) {
+		once(c.vendors, "v:", vendor)
+		if vendor == "" {
+			once(c.unattributed, "h:", orDash(host))
+		}
+		once(c.vectors, "x:", orDash(vector))
+		for _, reason := range reasons {
+			once(c.reasons, "r:", reason)
+		}
+	}
+}
+
+// tallies names the tallies that may overflow, as the report lists them.
+func (c *trackerStats) tallies() map[string]*tally {
+	return map[string]*tally{"vendors": c.vendors, "hosts": c.unattributed}
+}
+
+// auditStats is what the audit records add up to.
+type auditStats struct {
+	trackerStats
+	dryRun int
 	// copies counts recipient copies the upstream accepted, by what was
 	// done to them; notDelivered counts the ones it did not.
 	copies       map[string]int
 	notDelivered int
 	consent      *tally
 	outcomes     *tally
-	vendors      *tally
-	unattributed *tally // hosts of trackers with no known vendor
-	vectors      *tally
-	reasons      *tally
 	senders      *tally
 	campaigns    *tally
 	tenants      *tally
@@ -85,15 +136,8 @@ type auditStats struct {
 
 // scanStats is what the scan results add up to.
 type scanStats struct {
-	messages     int
-	withTrackers int
-	trackers     int
-	unreadable   int
-	withProblems int
-	vendors      *tally
-	unattributed *tally
-	vectors      *tally
-	reasons      *tally
+	trackerStats
+	unreadable int
 }
 
 // What happened to one delivered recipient copy. The keys are also the
@@ -111,23 +155,15 @@ const (
 func NewSummary() *Summary {
 	return &Summary{
 		audit: auditStats{
+			trackerStats: newTrackerStats(),
 			copies:       map[string]int{},
 			consent:      newTally(),
 			outcomes:     newTally(),
-			vendors:      newTally(),
-			unattributed: newTally(),
-			vectors:      newTally(),
-			reasons:      newTally(),
 			senders:      newTally(),
 			campaigns:    newTally(),
 			tenants:      newTally(),
 		},
-		scan: scanStats{
-			vendors:      newTally(),
-			unattributed: newTally(),
-			vectors:      newTally(),
-			reasons:      newTally(),
-		},
+		scan: scanStats{trackerStats: newTrackerStats()},
 	}
 }
 
@@ -150,17 +186,13 @@ func (s *Summary) current() *source {
 func (s *Summary) AddAudit(r *relay.AuditRecord) {
 	s.current().auditRecords++
 	a := &s.audit
-	a.messages++
-	hasTrackers := len(r.Trackers) > 0
-	if hasTrackers {
-		a.withTrackers++
+	count := a.addMessage(len(r.Trackers), len(r.Problems) > 0)
+	for _, t := range r.Trackers {
+		count(t.Vendor, t.Host, t.Vector, t.Reasons)
 	}
-	a.trackers += len(r.Trackers)
+	hasTrackers := len(r.Trackers) > 0
 	if r.DryRun {
 		a.dryRun++
-	}
-	if len(r.Problems) > 0 {
-		a.withProblems++
 	}
 	if !r.Time.IsZero() {
 		if a.first.IsZero() || r.Time.Before(a.first) {
@@ -176,14 +208,6 @@ func (s *Summary) AddAudit(r *relay.AuditRecord) {
 		a.campaigns.add(r.Campaign, 1, hasTrackers, len(r.Trackers), len(r.Recipients))
 	}
 	a.tenants.add(orValue(r.Tenant, "default"), 1, hasTrackers, len(r.Trackers), len(r.Recipients))
-
-	// A vendor counts once per message however many of its pixels the
-	// message carries: "how many messages did Mailchimp track" is the
-	// question; the finding count is shown beside it.
-	seen := map[string]bool{}
-	for _, t := range r.Trackers {
-		countTracker(a.vendors, a.unattributed, a.vectors, a.reasons, t.Vendor, t.Host, t.Vector, t.Reasons, seen)
-	}
 
 	// A message deferred, refused or rejected as a whole reached no one,
 	// whatever its recipients' status fields say.
@@ -229,40 +253,9 @@ func (s *Summary) AddScan(r ScanResult) {
 		c.unreadable++
 		return
 	}
-	c.messages++
-	if len(r.Trackers) > 0 {
-		c.withTrackers++
-	}
-	if len(r.Problems) > 0 {
-		c.withProblems++
-	}
-	c.trackers += len(r.Trackers)
-	seen := map[string]bool{}
+	count := c.addMessage(len(r.Trackers), len(r.Problems) > 0)
 	for _, f := range r.Trackers {
-		countTracker(c.vendors, c.unattributed, c.vectors, c.reasons, f.Vendor, f.Host, f.Vector, f.Reasons, seen)
-	}
-}
-
-// countTracker adds one finding to the tracker tallies. seen holds the
-// vendors, vectors and reasons already counted for this message, so each
-// counts one message once and every finding.
-func countTracker(vendors, unattributed, vectors, reasons *tally, vendor, host, vector string, why []string, seen map[string]bool) {
-	once := func(t *tally, ns, key string) {
-		first := !seen[ns+key]
-		seen[ns+key] = true
-		m := 0
-		if first {
-			m = 1
-		}
-		t.add(key, m, first, 1, 0)
-	}
-	once(vendors, "v:", vendor)
-	if vendor == "" {
-		once(unattributed, "h:", orDash(host))
-	}
-	once(vectors, "x:", orDash(vector))
-	for _, reason := range why {
-		once(reasons, "r:", reason)
+		count(f.Vendor, f.Host, f.Vector, f.Reasons)
 	}
 }
 

@@ -67,7 +67,7 @@ rps() { # URL DURATION -> requests/second
 	fi
 	awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.out"
 }
-median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+. bench/lib.sh # median
 
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, alternating; $(nproc) CPUs shared by wrk and the server"
 rps "$baseline" 1s >/dev/null # warm-up

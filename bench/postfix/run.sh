@@ -68,17 +68,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 2' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # PORT
-	i=0
-	until python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2).close()" 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -lt 150 ] || return 1
-		sleep 0.1
-	done
-}
-now() { date +%s.%N; }
-median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+. bench/lib.sh # free_port, wait_port, now, median
 
 go build -o "$tmp/pixelrelay" ./cmd/pixelrelay || die "go build failed"
 # smtp-source -F appends CRLF to each line: give it LF lines.

@@ -53,18 +53,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 2' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # PORT PID
-	i=0
-	until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2).close()" 2>/dev/null; do
-		i=$((i + 1))
-		kill -0 "$2" 2>/dev/null || return 1
-		[ $i -lt 100 ] || return 1
-		sleep 0.1
-	done
-}
-now() { date +%s.%N; }
-median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+. bench/lib.sh # free_port, wait_port, now, median
 
 go build -o "$tmp/pixelrelay" ./cmd/pixelrelay || die "go build failed"
 # smtp-source -F appends CRLF to each line it reads: give it LF lines, or

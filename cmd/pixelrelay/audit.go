@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"strings"
 
@@ -20,6 +21,9 @@ bad line otherwise.`
 func runAudit(env *cmdEnv, args []string) int {
 	fs := newFlagSet("audit", auditUsage, env.stderr)
 	rest, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		return 1
 	}

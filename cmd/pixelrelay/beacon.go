@@ -13,7 +13,6 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/pixelrelay/pixelrelay/beacon"
-	"github.com/pixelrelay/pixelrelay/consent"
 )
 
 const beaconUsage = `usage: pixelrelay beacon stats [--json] [--campaign C] [--tenant T|*] [--from YYYY-MM-DD] [--to YYYY-MM-DD]
@@ -34,9 +33,10 @@ keep counting until their tokens expire. --revoke-old deletes every other key
 at once (for a leaked key): beacons already sent stop counting. keys lists the
 keys without their secrets. See docs/beacon.md.
 
-With --server URL the command goes through a running server's admin API, with
-the token from PIXELRELAY_API_TOKEN; otherwise it opens --db (default
-./pixelrelay.db), which fails at once while a server holds it.
+With --server URL (or PIXELRELAY_SERVER) the command goes through a running
+server's admin API, with the token from PIXELRELAY_API_TOKEN; otherwise it
+opens --db FILE (or PIXELRELAY_DB, or the db key of serve's --config file;
+default ./pixelrelay.db), which fails at once while a server holds it.
 
 exit codes: 0 done, 1 usage, configuration, database or server error.`
 
@@ -60,24 +60,46 @@ func runBeacon(env *cmdEnv, args []string) int {
 	return 1
 }
 
-// beaconTarget is where a beacon command reads or writes: the database
-// file, or a running server's API.
-type beaconTarget struct {
-	db     *string
-	server *string
+// beaconAPI is what the beacon subcommands do, the same through a running
+// server's admin API (*beacon.Client) as on the database file (beaconFile).
+type beaconAPI interface {
+	Stats(ctx context.Context, f beacon.Filter) ([]beacon.Stat, error)
+	Keys(ctx context.Context) ([]beacon.KeyInfo, error)
+	RotateKey(ctx context.Context, revokeOld bool) (beacon.KeyInfo, error)
 }
 
-func addTargetFlags(fs *flag.FlagSet) beaconTarget {
-	return beaconTarget{
-		db:     fs.String("db", "./pixelrelay.db", "database file"),
-		server: fs.String("server", "", "URL of a running pixelrelay's admin API, instead of --db (token from PIXELRELAY_API_TOKEN)"),
-	}
+// beaconFile is the database file as a beaconAPI, for when no server runs.
+type beaconFile struct{ db *bbolt.DB }
+
+func (f beaconFile) Stats(_ context.Context, flt beacon.Filter) ([]beacon.Stat, error) {
+	return beacon.ReadStats(f.db, flt)
 }
 
-// parseBeaconFlags parses args and checks what every subcommand shares.
-// ok is false when the command is over, with code as its exit code.
-func parseBeaconFlags(env *cmdEnv, fs *flag.FlagSet, tgt beaconTarget, args []string) (code int, ok bool) {
-	pos, err := parseInterspersed(fs, args)
+func (f beaconFile) Keys(context.Context) ([]beacon.KeyInfo, error) { return beacon.ListKeys(f.db) }
+
+// RotateKey on the file: a server started later signs with the new key.
+func (f beaconFile) RotateKey(_ context.Context, revokeOld bool) (beacon.KeyInfo, error) {
+	return beacon.RotateKey(f.db, beacon.RotateOptions{RevokeOld: revokeOld})
+}
+
+// beaconCommand is one beacon subcommand's flag set, with the database
+// flags every command that reaches the store shares (dbopen.go).
+type beaconCommand struct {
+	env   *cmdEnv
+	name  string
+	fs    *flag.FlagSet
+	store *storeFlags
+}
+
+func newBeaconCommand(env *cmdEnv, name string) *beaconCommand {
+	fs := newFlagSet(name, beaconUsage, env.stderr)
+	return &beaconCommand{env: env, name: name, fs: fs, store: addStoreFlags(fs)}
+}
+
+// parse parses args. ok is false when the command is over, with code as
+// its exit code.
+func (c *beaconCommand) parse(args []string) (code int, ok bool) {
+	pos, err := parseInterspersed(c.fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0, false
 	}
@@ -85,79 +107,69 @@ func parseBeaconFlags(env *cmdEnv, fs *flag.FlagSet, tgt beaconTarget, args []st
 		return 1, false
 	}
 	if len(pos) > 0 {
-		fmt.Fprintf(env.stderr, "pixelrelay beacon %s: unexpected argument %q\n", fs.Name(), pos[0])
-		return 1, false
-	}
-	dbSet := false
-	fs.Visit(func(f *flag.Flag) { dbSet = dbSet || f.Name == "db" })
-	if dbSet && *tgt.server != "" {
-		fmt.Fprintf(env.stderr, "pixelrelay beacon %s: give --db or --server, not both\n", fs.Name())
+		fmt.Fprintf(c.env.stderr, "pixelrelay beacon %s: unexpected argument %q\n", c.name, pos[0])
 		return 1, false
 	}
 	return 0, true
 }
 
-func (tgt beaconTarget) client(env *cmdEnv, name string) (*beacon.Client, bool) {
-	token := env.getenv("PIXELRELAY_API_TOKEN")
-	if token == "" {
-		fmt.Fprintf(env.stderr, "pixelrelay beacon %s: --server needs the admin API token in PIXELRELAY_API_TOKEN\n", name)
-		return nil, false
+// run reaches the server or opens the database (with access), calls call,
+// and closes the database before returning, so that the caller prints a
+// result only once it is on disk. It returns the exit code.
+func (c *beaconCommand) run(access dbAccess, call func(ctx context.Context, b beaconAPI) error) int {
+	t, err := c.store.resolve(c.env)
+	if err != nil {
+		return c.fail(err)
 	}
-	return &beacon.Client{Server: *tgt.server, Token: token}, true
+	ctx := context.Background()
+	if t.Remote() {
+		if err := call(ctx, &beacon.Client{Server: t.Server, Token: t.Token}); err != nil {
+			return c.fail(err)
+		}
+		return 0
+	}
+	st, err := openStore(c.env, t, access)
+	if err != nil {
+		return c.fail(err)
+	}
+	err = call(ctx, beaconFile{st.DB()})
+	if cerr := st.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("closing %s: %w", t.Path, cerr)
+	}
+	if err != nil {
+		return c.fail(err)
+	}
+	return 0
 }
 
-// openBeaconDB opens the database file for a beacon command through the
-// one opener every command uses: it never creates a file, never waits for a
-// server's lock, and reports a damaged file the same way. Close the
-// returned store.
-func openBeaconDB(env *cmdEnv, path string, access dbAccess) (*consent.Store, error) {
-	return openStore(env, storeTarget{Path: path}, access)
-}
-
-// failDB reports a database error; the in-use message is printed exactly
-// as the contract pins it, without a prefix.
-func failDB(env *cmdEnv, name string, err error) int {
-	return failDBErr(env.stderr, "beacon "+name, err)
+// fail reports err; the in-use message is printed exactly as the contract
+// pins it, without a prefix.
+func (c *beaconCommand) fail(err error) int {
+	return failDBErr(c.env.stderr, "beacon "+c.name, err)
 }
 
 func runBeaconStats(env *cmdEnv, args []string) int {
-	fs := newFlagSet("stats", beaconUsage, env.stderr)
-	asJSON := fs.Bool("json", false, "print a JSON array, as GET /v1/beacons answers")
-	campaign := fs.String("campaign", "", "only this campaign key")
-	tenant := fs.String("tenant", "default", "only this tenant; * for every tenant")
-	from := fs.String("from", "", "first UTC day, YYYY-MM-DD (inclusive)")
-	to := fs.String("to", "", "last UTC day, YYYY-MM-DD (inclusive)")
-	tgt := addTargetFlags(fs)
-	if code, ok := parseBeaconFlags(env, fs, tgt, args); !ok {
+	c := newBeaconCommand(env, "stats")
+	asJSON := c.fs.Bool("json", false, "print a JSON array, as GET /v1/beacons answers")
+	campaign := c.fs.String("campaign", "", "only this campaign key")
+	tenant := c.fs.String("tenant", "default", "only this tenant; * for every tenant")
+	from := c.fs.String("from", "", "first UTC day, YYYY-MM-DD (inclusive)")
+	to := c.fs.String("to", "", "last UTC day, YYYY-MM-DD (inclusive)")
+	if code, ok := c.parse(args); !ok {
 		return code
 	}
 	f, err := beacon.FilterFromQuery(func(k string) string {
 		return map[string]string{"tenant": *tenant, "campaign": *campaign, "from": *from, "to": *to}[k]
 	})
 	if err != nil {
-		fmt.Fprintf(env.stderr, "pixelrelay beacon stats: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	var stats []beacon.Stat
-	if *tgt.server != "" {
-		c, ok := tgt.client(env, "stats")
-		if !ok {
-			return 1
-		}
-		if stats, err = c.Stats(context.Background(), f); err != nil {
-			fmt.Fprintf(env.stderr, "pixelrelay beacon stats: %v\n", err)
-			return 1
-		}
-	} else {
-		st, err := openBeaconDB(env, *tgt.db, dbRead)
-		if err != nil {
-			return failDB(env, "stats", err)
-		}
-		stats, err = beacon.ReadStats(st.DB(), f)
-		st.Close()
-		if err != nil {
-			return failDB(env, "stats", err)
-		}
+	if code := c.run(dbRead, func(ctx context.Context, b beaconAPI) (err error) {
+		stats, err = b.Stats(ctx, f)
+		return err
+	}); code != 0 {
+		return code
 	}
 	if *asJSON {
 		if stats == nil {
@@ -218,33 +230,17 @@ func printStatsTable(w io.Writer, stats []beacon.Stat) {
 }
 
 func runBeaconKeys(env *cmdEnv, args []string) int {
-	fs := newFlagSet("keys", beaconUsage, env.stderr)
-	asJSON := fs.Bool("json", false, "print a JSON array")
-	tgt := addTargetFlags(fs)
-	if code, ok := parseBeaconFlags(env, fs, tgt, args); !ok {
+	c := newBeaconCommand(env, "keys")
+	asJSON := c.fs.Bool("json", false, "print a JSON array")
+	if code, ok := c.parse(args); !ok {
 		return code
 	}
 	var keys []beacon.KeyInfo
-	var err error
-	if *tgt.server != "" {
-		c, ok := tgt.client(env, "keys")
-		if !ok {
-			return 1
-		}
-		if keys, err = c.Keys(context.Background()); err != nil {
-			fmt.Fprintf(env.stderr, "pixelrelay beacon keys: %v\n", err)
-			return 1
-		}
-	} else {
-		st, err := openBeaconDB(env, *tgt.db, dbRead)
-		if err != nil {
-			return failDB(env, "keys", err)
-		}
-		keys, err = beacon.ListKeys(st.DB())
-		st.Close()
-		if err != nil {
-			return failDB(env, "keys", err)
-		}
+	if code := c.run(dbRead, func(ctx context.Context, b beaconAPI) (err error) {
+		keys, err = b.Keys(ctx)
+		return err
+	}); code != 0 {
+		return code
 	}
 	if *asJSON {
 		if keys == nil {
@@ -269,35 +265,19 @@ func runBeaconKeys(env *cmdEnv, args []string) int {
 }
 
 func runBeaconRotate(env *cmdEnv, args []string) int {
-	fs := newFlagSet("rotate-key", beaconUsage, env.stderr)
-	revoke := fs.Bool("revoke-old", false, "delete every other key now (for a leaked key): beacons already sent stop counting")
-	tgt := addTargetFlags(fs)
-	if code, ok := parseBeaconFlags(env, fs, tgt, args); !ok {
+	c := newBeaconCommand(env, "rotate-key")
+	revoke := c.fs.Bool("revoke-old", false, "delete every other key now (for a leaked key): beacons already sent stop counting")
+	if code, ok := c.parse(args); !ok {
 		return code
 	}
 	var ki beacon.KeyInfo
-	var err error
-	if *tgt.server != "" {
-		c, ok := tgt.client(env, "rotate-key")
-		if !ok {
-			return 1
-		}
-		if ki, err = c.RotateKey(context.Background(), *revoke); err != nil {
-			fmt.Fprintf(env.stderr, "pixelrelay beacon rotate-key: %v\n", err)
-			return 1
-		}
-	} else {
-		st, err := openBeaconDB(env, *tgt.db, dbWrite)
-		if err != nil {
-			return failDB(env, "rotate-key", err)
-		}
-		ki, err = beacon.RotateKey(st.DB(), beacon.RotateOptions{RevokeOld: *revoke})
-		if cerr := st.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("closing %s: %w", *tgt.db, cerr)
-		}
-		if err != nil {
-			return failDB(env, "rotate-key", err)
-		}
+	// dbWrite: rotating the keys of a file a mistyped --db just created
+	// would report success while the real database is untouched.
+	if code := c.run(dbWrite, func(ctx context.Context, b beaconAPI) (err error) {
+		ki, err = b.RotateKey(ctx, *revoke)
+		return err
+	}); code != 0 {
+		return code
 	}
 	if *revoke {
 		fmt.Fprintf(env.stdout, "key %d signs from now on; every older key is deleted, so beacons sent before now no longer count\n", ki.ID)
@@ -318,9 +298,6 @@ type beaconDecider interface {
 // the server's API when server is set (base, if set, replaces the server's
 // beacon base in the URL), else from db, which the caller opened writable.
 // done flushes the recipient count to db; call it before exiting.
-//
-// TODO(integrator): wire into `rewrite --action beacon` (and add
-// --beacon-min-batch there if wanted; 0 means the default of 50).
 func newBeaconDecider(env *cmdEnv, db *bbolt.DB, server, base string, minBatch int) (d beaconDecider, done func() error, err error) {
 	if server != "" {
 		token := env.getenv("PIXELRELAY_API_TOKEN")
@@ -332,7 +309,9 @@ func newBeaconDecider(env *cmdEnv, db *bbolt.DB, server, base string, minBatch i
 	if db == nil {
 		return nil, nil, errors.New("--action beacon needs --db FILE or --server URL for the signing key and the batch counter")
 	}
-	b, err := beacon.Open(db, beacon.Options{Base: base, MinBatch: minBatch})
+	// Only signs; never prunes: the filter does not know serve's
+	// beacon_max_age and would delete keys a longer one still verifies with.
+	b, err := beacon.Open(db, beacon.Options{Base: base, MinBatch: minBatch, KeepRetiredKeys: true})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -254,5 +256,106 @@ func TestBeaconDeciderFromDB(t *testing.T) {
 	}
 	if _, _, err := newBeaconDecider(&cmdEnv{getenv: func(string) string { return "" }}, nil, "", "https://b.example", 0); err == nil || !strings.Contains(err.Error(), "--db FILE or --server URL") {
 		t.Fatalf("no target: %v", err)
+	}
+}
+
+// The beacon commands find the database or the server the way consent and
+// rewrite do: PIXELRELAY_DB, PIXELRELAY_SERVER and --config's db key.
+func TestBeaconTargetFromEnvironmentAndConfig(t *testing.T) {
+	path := seedBeaconDB(t)
+	wantLine := "default  2026-11-28  autumn-2026           3            2            3"
+
+	code, out, errs := beaconRun(t, map[string]string{"PIXELRELAY_DB": path}, "stats")
+	if code != 0 || !strings.Contains(out, wantLine) {
+		t.Errorf("PIXELRELAY_DB=%s beacon stats: exit %d\n%s%s", path, code, out, errs)
+	}
+	cfg := filepath.Join(t.TempDir(), "pixelrelay.yaml")
+	if err := os.WriteFile(cfg, []byte("db: "+path+"\nlisten: 127.0.0.1:2525\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs = beaconRun(t, nil, "keys", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "signs and verifies") {
+		t.Errorf("beacon keys --config %s: exit %d\n%s%s", cfg, code, out, errs)
+	}
+	code, out, errs = beaconRun(t, map[string]string{"PIXELRELAY_CONFIG": cfg}, "rotate-key")
+	if code != 0 || !strings.Contains(out, "key 2 signs from now on") {
+		t.Errorf("PIXELRELAY_CONFIG=%s beacon rotate-key: exit %d\n%s%s", cfg, code, out, errs)
+	}
+	// A flag still beats the environment.
+	code, _, errs = beaconRun(t, map[string]string{"PIXELRELAY_DB": path}, "stats", "--db", filepath.Join(t.TempDir(), "other.db"))
+	if code != 1 || !strings.Contains(errs, "other.db does not exist") {
+		t.Errorf("--db over PIXELRELAY_DB: exit %d, %s", code, errs)
+	}
+
+	var mu sync.Mutex
+	var asked []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.Method+" "+r.URL.Path+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/v1/beacons":
+			w.Write([]byte(`[{"tenant":"default","campaign":"remote-c","day":"2026-11-29","recipients":60,"beacon_recipients":60,"loads":7}]`))
+		case "/v1/beacons/keys":
+			w.Write([]byte(`[{"id":4,"created":"2026-11-01T00:00:00Z","signing":true}]`))
+		case "/v1/beacons/keys/rotate":
+			w.Write([]byte(`{"id":5,"created":"2026-11-29T00:00:00Z","signing":true}`))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	env := map[string]string{"PIXELRELAY_SERVER": srv.URL, "PIXELRELAY_API_TOKEN": "tok"}
+	code, out, errs = beaconRun(t, env, "stats", "--json")
+	if code != 0 || !strings.Contains(out, `"campaign":"remote-c"`) {
+		t.Errorf("PIXELRELAY_SERVER beacon stats: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs = beaconRun(t, env, "keys"); code != 0 || !strings.Contains(out, "4       ") {
+		t.Errorf("PIXELRELAY_SERVER beacon keys: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs = beaconRun(t, env, "rotate-key"); code != 0 || !strings.Contains(out, "key 5 signs from now on") {
+		t.Errorf("PIXELRELAY_SERVER beacon rotate-key: exit %d\n%s%s", code, out, errs)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"GET /v1/beacons Bearer tok", "GET /v1/beacons/keys Bearer tok", "POST /v1/beacons/keys/rotate Bearer tok"}
+	if strings.Join(asked, "\n") != strings.Join(want, "\n") {
+		t.Errorf("the server was asked:\n%s\nwant:\n%s", strings.Join(asked, "\n"), strings.Join(want, "\n"))
+	}
+	// --db beats PIXELRELAY_SERVER, as for every other command.
+	if code, out, errs = beaconRun(t, map[string]string{"PIXELRELAY_SERVER": srv.URL}, "stats", "--db", path); code != 0 || !strings.Contains(out, wantLine) {
+		t.Errorf("--db over PIXELRELAY_SERVER: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// `rewrite --action beacon --db` does not know serve's beacon_max_age, so
+// it must not delete a retired key that a serve honouring tokens for longer
+// than the default 90 days still verifies with.
+func TestBeaconDeciderKeepsRetiredKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pixelrelay.db")
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := beacon.LoadKeys(db, time.Now().Add(-300*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := beacon.RotateKey(db, beacon.RotateOptions{Now: time.Now().Add(-200 * 24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	d, done, err := newBeaconDecider(&cmdEnv{getenv: func(string) string { return "" }}, db, "", "https://beacon.example.com", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := d.Decide("default", "weekly", 1, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := done(); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := beacon.ListKeys(db)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("after a rewrite run the database holds keys %+v (%v); want the signing key and the one retired 200 days ago", keys, err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"reflect"
@@ -86,7 +88,9 @@ func (l *configLoader) registerServeFlags(fs *flag.FlagSet) {
 	dv := reflect.ValueOf(def)
 	for _, k := range configKeys() {
 		usage := k.doc
-		if d := dv.FieldByIndex(k.index); !d.IsZero() {
+		// A description that says what the default is ("the host name")
+		// keeps its words: the value of this machine would only mislead.
+		if d := dv.FieldByIndex(k.index); !d.IsZero() && !strings.Contains(usage, "(default") {
 			usage += fmt.Sprintf(" (default %v)", formatValue(d))
 		}
 		if k.kind.Kind() == reflect.Slice {
@@ -107,9 +111,18 @@ func formatValue(v reflect.Value) string {
 	return fmt.Sprint(v.Interface())
 }
 
+// override is a key that the config file sets and a PIXELRELAY_*
+// variable replaces with another value. The order is documented, but the
+// variable is easy to miss: the container image sets six of them.
+type override struct {
+	key, variable, file string
+}
+
 // load builds and validates the configuration. Every problem, from every
-// layer, is reported in one error, each naming its key and its source.
-func (l *configLoader) load() (relay.Config, error) {
+// layer, is reported in one error, each naming its key and its source. It
+// also returns the file's keys that the environment overrides, for serve to
+// warn about.
+func (l *configLoader) load() (relay.Config, []override, error) {
 	cfg := relay.DefaultConfig()
 	var errs []error
 
@@ -117,12 +130,15 @@ func (l *configLoader) load() (relay.Config, error) {
 	if path == "" {
 		path = l.getenv("PIXELRELAY_CONFIG")
 	}
+	var inFile map[string]bool
 	if path != "" {
-		if err := loadYAML(path, &cfg); err != nil {
+		var err error
+		if inFile, err = loadYAML(path, &cfg); err != nil {
 			errs = append(errs, err)
 		}
 	}
 
+	var overrides []override
 	v := reflect.ValueOf(&cfg).Elem()
 	for _, k := range configKeys() {
 		if s := l.getenv(envName(k.name)); s != "" {
@@ -130,8 +146,15 @@ func (l *configLoader) load() (relay.Config, error) {
 			if k.kind.Kind() == reflect.Slice {
 				vals = splitList(s)
 			}
-			if err := setField(v.FieldByIndex(k.index), vals); err != nil {
+			f := v.FieldByIndex(k.index)
+			fromFile := f.Interface()
+			if err := setField(f, vals); err != nil {
 				errs = append(errs, fmt.Errorf("%s (from %s): %v", k.name, envName(k.name), err))
+				continue
+			}
+			_, flagged := l.flagValues[k.name]
+			if inFile[k.name] && !flagged && !reflect.DeepEqual(fromFile, f.Interface()) {
+				overrides = append(overrides, override{key: k.name, variable: envName(k.name), file: path})
 			}
 		}
 	}
@@ -152,7 +175,16 @@ func (l *configLoader) load() (relay.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	return cfg, errors.Join(errs...)
+	return cfg, overrides, errors.Join(errs...)
+}
+
+// warnOverrides logs each config-file key that the environment overrides.
+// Values are left out: some are secrets (api_token, upstream).
+func warnOverrides(log *slog.Logger, overrides []override) {
+	for _, o := range overrides {
+		log.Warn("the environment overrides the config file for this key; unset the variable to use the file's value",
+			"key", o.key, "variable", o.variable, "config", o.file)
+	}
 }
 
 func splitList(s string) []string {
@@ -216,6 +248,10 @@ func parseSize(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
+	if errors.Is(err, strconv.ErrRange) || n > math.MaxInt64/mult || n < math.MinInt64/mult {
+		// Wrapping around would turn a typo into 0 or a negative size.
+		return 0, fmt.Errorf("%q is too large; sizes go up to %dG", s, int64(math.MaxInt64)>>30)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a number", s)
 	}
@@ -223,18 +259,27 @@ func parseSize(s string) (int64, error) {
 }
 
 // loadYAML reads the config file strictly: an unknown key is an error, as
-// a typo that silently does nothing is the worst kind of config bug.
-func loadYAML(path string, cfg *relay.Config) error {
+// a typo that silently does nothing is the worst kind of config bug. It
+// returns the keys the file sets.
+func loadYAML(path string, cfg *relay.Config) (map[string]bool, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config file: %w", err)
+		return nil, fmt.Errorf("config file: %w", err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
-	return nil
+	var top map[string]yaml.Node
+	if err := yaml.Unmarshal(data, &top); err != nil {
+		return nil, fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	keys := make(map[string]bool, len(top))
+	for k := range top {
+		keys[k] = true
+	}
+	return keys, nil
 }
 
 // describeConfig renders the effective configuration for the startup log,
@@ -251,9 +296,15 @@ func describeConfig(cfg relay.Config) []any {
 		}
 		fv := v.Field(i)
 		var shown any
-		switch {
-		case f.Type.Kind() == reflect.Map || f.Type.Kind() == reflect.Struct:
-			shown = fmt.Sprintf("%v", fv.Interface())
+		switch x := fv.Interface().(type) {
+		case relay.TenantMap:
+			shown = describeTenants(x)
+		case []relay.DKIMKey:
+			names := make([]string, len(x))
+			for i, k := range x {
+				names[i] = k.Selector + "._domainkey." + k.Domain
+			}
+			shown = strings.Join(names, ",")
 		default:
 			shown = formatValue(fv)
 		}
@@ -268,6 +319,22 @@ func describeConfig(cfg relay.Config) []any {
 		attrs = append(attrs, name, shown)
 	}
 	return attrs
+}
+
+// describeTenants sums the tenant mapping up: the map itself can be long,
+// and it names users.
+func describeTenants(m relay.TenantMap) string {
+	var parts []string
+	if n := len(m.Users); n > 0 {
+		parts = append(parts, strconv.Itoa(n)+" "+plural(n, "user", "users"))
+	}
+	if n := len(m.SenderDomains); n > 0 {
+		parts = append(parts, strconv.Itoa(n)+" "+plural(n, "sender domain", "sender domains"))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func maskURL(s string) string {

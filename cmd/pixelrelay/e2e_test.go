@@ -27,6 +27,16 @@ var (
 	binErr  error
 )
 
+// TestMain removes the binary pixelrelayBinary built: it outlives every
+// test, so no t.Cleanup can, and each run would leave 20 MB in $TMPDIR.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // pixelrelayBinary builds ./cmd/pixelrelay once per test run.
 func pixelrelayBinary(t *testing.T) string {
 	t.Helper()
@@ -128,6 +138,13 @@ func startServe(t *testing.T, extra ...string) *served {
 // one in the temp dir).
 func startServeOn(t *testing.T, db string, extra ...string) *served {
 	t.Helper()
+	return startServeEnv(t, db, nil, extra...)
+}
+
+// startServeEnv is startServeOn with env (KEY=VALUE) added to the
+// environment.
+func startServeEnv(t *testing.T, db string, env []string, extra ...string) *served {
+	t.Helper()
 	bin := pixelrelayBinary(t)
 	s := &served{t: t, dir: t.TempDir(), smtp: loopbackPort(t), http: loopbackPort(t), token: "e2e-token", out: &lockedBuffer{}, exited: make(chan struct{})}
 	s.db = db
@@ -141,7 +158,7 @@ func startServeOn(t *testing.T, db string, extra ...string) *served {
 		"--db", s.db, "--audit-log", s.audit, "--hostname", "relay.test"}, extra...)
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Dir = s.dir
-	s.cmd.Env = append(os.Environ(), "PIXELRELAY_API_TOKEN="+s.token)
+	s.cmd.Env = append(append(os.Environ(), "PIXELRELAY_API_TOKEN="+s.token), env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -57,10 +57,11 @@ func dispatch(env *cmdEnv, args []string) int {
 		return 1
 	}
 	name := args[0]
-	switch name {
-	case "-h", "--help", "-help":
+	if isHelpFlag(name) {
 		printOverview(env.stdout)
 		return 0
+	}
+	switch name {
 	case "--version", "-version":
 		name = "version"
 	}
@@ -82,19 +83,29 @@ func printOverview(w io.Writer) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	width := 0
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		width = max(width, len(n))
+	}
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-*s  %s\n", width, n, cmds[n].summary)
 	}
 	fmt.Fprintln(w, "\nrun 'pixelrelay help COMMAND' for a command's flags")
 }
 
 func runVersion(env *cmdEnv, args []string) int {
+	if len(args) > 0 && isHelpFlag(args[0]) {
+		fmt.Fprintln(env.stderr, "usage: pixelrelay version")
+		return 0
+	}
 	fmt.Fprintf(env.stdout, "pixelrelay %s\n", version)
 	return 0
 }
 
+func isHelpFlag(s string) bool { return s == "-h" || s == "--help" || s == "-help" }
+
 func runHelp(env *cmdEnv, args []string) int {
-	if len(args) == 0 {
+	if len(args) == 0 || isHelpFlag(args[0]) {
 		printOverview(env.stdout)
 		return 0
 	}

@@ -897,78 +897,82 @@ func TestPostfixSidecar(t *testing.T) {
 		return mark
 	}
 
-	// The LMTP steps configure and start Postfix, then pixelrelay.
-	l.startSteps("postfix-steps")
-	l.phase(t, "lmtp/snippets", func(t *testing.T) { l.checkSnippets(t, "LMTP mode (recommended)", noSubst) })
-	l.consent(pfBob, "granted")
-	l.consent(heldRcpt, "granted")
-	l.phase(t, "lmtp/split", func(t *testing.T) {
-		mark := len(l.sink.Messages())
-		l.submit(mail(pfAlice, pfBob))
-		l.settle()
-		checkSplit(t, l.since(mark), orig, pfBob, pfAlice, true)
-	})
-	l.phase(t, "lmtp/smtputf8-dsn", func(t *testing.T) {
-		mark := len(l.sink.Messages())
-		l.submit(params("lmtp"))
-		l.settle()
-		checkParams(t, l.since(mark), "lmtp")
-	})
-	// One message, two copies; the reinjection smtpd defers heldRcpt's
-	// copy. Over LMTP Postfix learns it per recipient: the others are
-	// delivered once, only heldRcpt waits, and only heldRcpt is retried.
-	l.phase(t, "lmtp/per-recipient+outage", func(t *testing.T) {
-		mark := len(l.sink.Messages())
-		l.submit(mail(pfAlice, pfCarol, heldRcpt))
-		l.waitFor(heldRcpt+" deferred", func() bool { _, ok := l.deferred()[heldRcpt]; return ok })
-		if d := l.deferred(); len(d) != 1 || !strings.Contains(d[heldRcpt], "held by the test") {
-			t.Errorf("deferred: %v; want only %s, with the reinjection smtpd's reason", d, heldRcpt)
-		}
-		oneCopy(t, l.since(mark), pfCarol)
-		outage(t, "postfix-steps")
-		all := l.since(mark)
-		oneCopy(t, all, heldRcpt)
-		oneCopy(t, all, pfCarol)
-		if n := len(copiesFor(all, pfAlice)); n != 2 {
-			t.Errorf("alice got %d copies, want 2: the per-recipient message once, the outage one once", n)
-		}
-	})
-
-	// SMTP mode, applied to the same running Postfix.
-	l.stopServe()
-	l.run("postconf", "-c", l.dir, "-e", labHold)
-	l.startSteps("postfix-steps-smtp")
-	l.phase(t, "smtp/snippets", func(t *testing.T) { l.checkSnippets(t, "SMTP mode", noSubst) })
-	l.phase(t, "smtp/split", func(t *testing.T) {
-		mark := len(l.sink.Messages())
-		l.submit(mail(pfAlice, pfBob))
-		l.settle()
-		checkSplit(t, l.since(mark), orig, pfBob, pfAlice, true)
-	})
-	l.phase(t, "smtp/smtputf8-dsn", func(t *testing.T) {
-		mark := len(l.sink.Messages())
-		l.submit(params("smtp"))
-		l.settle()
-		checkParams(t, l.since(mark), "smtp")
-	})
-	// Over SMTP one reply covers every recipient: a failed copy makes
-	// Postfix defer them all, and pixelrelay's retry memory keeps the retry
-	// from duplicating the copies already delivered.
-	l.phase(t, "smtp/per-message+outage", func(t *testing.T) {
-		mark := len(l.sink.Messages())
-		l.submit(mail(pfAlice, pfCarol, heldRcpt))
-		l.waitFor("all three recipients deferred", func() bool { return len(l.deferred()) == 3 })
-		oneCopy(t, l.since(mark), pfCarol)
-		outage(t, "postfix-steps-smtp")
-		all := l.since(mark)
-		oneCopy(t, all, heldRcpt)
-		if n := len(copiesFor(all, pfCarol)); n != 1 {
-			t.Errorf("carol got %d copies after Postfix retried the whole message, want 1 (retry memory)", n)
-		}
-		if n := len(copiesFor(all, pfAlice)); n != 2 {
-			t.Errorf("alice got %d copies, want 2: the held message once, the outage one once", n)
-		}
-	})
+	// The same checks in both modes, then each mode's failure handling.
+	modes := []struct {
+		name, section, failuresPhase string
+		start                        func() // configures Postfix for the mode and starts pixelrelay
+		failures                     func(t *testing.T)
+	}{{
+		// The LMTP steps configure and start Postfix, then pixelrelay.
+		name: "lmtp", section: "LMTP mode (recommended)", failuresPhase: "per-recipient+outage",
+		start: func() {
+			l.startSteps("postfix-steps")
+			l.consent(pfBob, "granted")
+			l.consent(heldRcpt, "granted")
+		},
+		// One message, two copies; the reinjection smtpd defers heldRcpt's
+		// copy. Over LMTP Postfix learns it per recipient: the others are
+		// delivered once, only heldRcpt waits, and only heldRcpt is retried.
+		failures: func(t *testing.T) {
+			mark := len(l.sink.Messages())
+			l.submit(mail(pfAlice, pfCarol, heldRcpt))
+			l.waitFor(heldRcpt+" deferred", func() bool { _, ok := l.deferred()[heldRcpt]; return ok })
+			if d := l.deferred(); len(d) != 1 || !strings.Contains(d[heldRcpt], "held by the test") {
+				t.Errorf("deferred: %v; want only %s, with the reinjection smtpd's reason", d, heldRcpt)
+			}
+			oneCopy(t, l.since(mark), pfCarol)
+			outage(t, "postfix-steps")
+			all := l.since(mark)
+			oneCopy(t, all, heldRcpt)
+			oneCopy(t, all, pfCarol)
+			if n := len(copiesFor(all, pfAlice)); n != 2 {
+				t.Errorf("alice got %d copies, want 2: the per-recipient message once, the outage one once", n)
+			}
+		},
+	}, {
+		// SMTP mode, applied to the same running Postfix.
+		name: "smtp", section: "SMTP mode", failuresPhase: "per-message+outage",
+		start: func() {
+			l.stopServe()
+			l.run("postconf", "-c", l.dir, "-e", labHold)
+			l.startSteps("postfix-steps-smtp")
+		},
+		// Over SMTP one reply covers every recipient: a failed copy makes
+		// Postfix defer them all, and pixelrelay's retry memory keeps the
+		// retry from duplicating the copies already delivered.
+		failures: func(t *testing.T) {
+			mark := len(l.sink.Messages())
+			l.submit(mail(pfAlice, pfCarol, heldRcpt))
+			l.waitFor("all three recipients deferred", func() bool { return len(l.deferred()) == 3 })
+			oneCopy(t, l.since(mark), pfCarol)
+			outage(t, "postfix-steps-smtp")
+			all := l.since(mark)
+			oneCopy(t, all, heldRcpt)
+			if n := len(copiesFor(all, pfCarol)); n != 1 {
+				t.Errorf("carol got %d copies after Postfix retried the whole message, want 1 (retry memory)", n)
+			}
+			if n := len(copiesFor(all, pfAlice)); n != 2 {
+				t.Errorf("alice got %d copies, want 2: the held message once, the outage one once", n)
+			}
+		},
+	}}
+	for _, m := range modes {
+		m.start()
+		l.phase(t, m.name+"/snippets", func(t *testing.T) { l.checkSnippets(t, m.section, noSubst) })
+		l.phase(t, m.name+"/split", func(t *testing.T) {
+			mark := len(l.sink.Messages())
+			l.submit(mail(pfAlice, pfBob))
+			l.settle()
+			checkSplit(t, l.since(mark), orig, pfBob, pfAlice, true)
+		})
+		l.phase(t, m.name+"/smtputf8-dsn", func(t *testing.T) {
+			mark := len(l.sink.Messages())
+			l.submit(params(m.name))
+			l.settle()
+			checkParams(t, l.since(mark), m.name)
+		})
+		l.phase(t, m.name+"/"+m.failuresPhase, m.failures)
+	}
 
 	// Turning the filter off with mail still queued for it: nothing is
 	// lost, the queued mail goes out unfiltered.

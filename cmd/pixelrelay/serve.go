@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,6 +46,9 @@ func runServe(env *cmdEnv, args []string) int {
 	fs := newFlagSet("serve", serveUsage, env.stderr)
 	loader.registerServeFlags(fs)
 	rest, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		return 1
 	}
@@ -51,12 +56,13 @@ func runServe(env *cmdEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "pixelrelay serve: unexpected argument %q; see pixelrelay help serve\n", rest[0])
 		return 1
 	}
-	cfg, err := loader.load()
+	cfg, overrides, err := loader.load()
 	if err != nil {
 		printConfigErrors(env.stderr, err)
 		return 1
 	}
 	logger, level := newLogger(env.stderr, cfg.LogFormat, cfg.LogLevel)
+	warnOverrides(logger, overrides)
 	if err := serve(loader, cfg, logger, level); err != nil {
 		logger.Error("pixelrelay stopped", "err", err)
 		return 1
@@ -183,29 +189,22 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 		return err
 	}
 
-	var admin *http.Server
+	var admin, public *http.Server
 	if cfg.HTTP != "" {
-		ln, err := net.Listen("tcp", cfg.HTTP)
-		if err != nil {
-			rl.Close()
-			return fmt.Errorf("http: listen on %s: %w", cfg.HTTP, err)
-		}
 		admin = &http.Server{Handler: adminMux(cfg, store, beacons, rl, reg, log), ReadHeaderTimeout: 10 * time.Second}
-		go admin.Serve(ln)
-		log.Info("admin API listening", "addr", ln.Addr().String())
-	}
-	var public *http.Server
-	if cfg.BeaconListen != "" {
-		ln, err := net.Listen("tcp", cfg.BeaconListen)
-		if err != nil {
+		if err := startHTTP(admin, "http", cfg.HTTP, log, "admin API listening"); err != nil {
 			rl.Close()
-			return fmt.Errorf("beacon_listen: listen on %s: %w", cfg.BeaconListen, err)
+			return err
 		}
+	}
+	if cfg.BeaconListen != "" {
 		// Serves /b/{token}.gif only, with no access log: a load is
 		// counted, never its address, user agent or referrer.
 		public = beacons.PublicServer(cfg.BeaconListen)
-		go public.Serve(ln)
-		log.Info("beacon listener", "addr", ln.Addr().String(), "public_base", cfg.BeaconBase)
+		if err := startHTTP(public, "beacon_listen", cfg.BeaconListen, log, "beacon listener", "public_base", cfg.BeaconBase); err != nil {
+			rl.Close()
+			return err
+		}
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -237,15 +236,31 @@ func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog
 	return nil
 }
 
+// startHTTP listens on addr, the value of config key, before returning, so
+// that a port in use stops serve at start instead of failing in the
+// background; then it serves srv and logs msg with the bound address.
+func startHTTP(srv *http.Server, key, addr string, log *slog.Logger, msg string, attrs ...any) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s: listen on %s: %w", key, addr, err)
+	}
+	go srv.Serve(ln)
+	log.Info(msg, append([]any{"addr", ln.Addr().String()}, attrs...)...)
+	return nil
+}
+
 // reload applies SIGHUP: a configuration with any problem is rejected as a
 // whole (every problem logged) and the running one stays in force. Keys
 // that need a restart keep their running values, and the log says which.
 func reload(loader *configLoader, rl *relay.Relay, rw *swappableRewriter, audit *relay.AuditLog, level *slog.LevelVar, log *slog.Logger) {
-	cfg, err := loader.load()
+	cfg, overrides, err := loader.load()
 	if err != nil {
 		log.Error("SIGHUP: new configuration rejected; the running one stays in force", "problems", strings.Split(err.Error(), "\n"))
 		return
 	}
+	// An edit of the file that the environment overrides changes nothing:
+	// say so again, since that edit is what SIGHUP is for.
+	warnOverrides(log, overrides)
 	// beacon_base needs a restart (the beacon store keeps its own); the
 	// engine must keep treating the running one as ours.
 	engCfg := cfg

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -412,5 +413,25 @@ func TestE2ESecondServeOnSameDatabase(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("the second serve took %v to give up", d)
+	}
+}
+
+// An HTTP address already taken stops serve at start, naming the key and
+// the address, rather than leaving it up without its admin API or beacons.
+func TestE2EHTTPPortInUse(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	addr := held.Addr().String()
+	for _, c := range []struct{ flag, key string }{{"--http", "http"}, {"--beacon-listen", "beacon_listen"}} {
+		args := []string{"serve", "--db", filepath.Join(t.TempDir(), "p.db"), "--audit-log", filepath.Join(t.TempDir(), "a.jsonl"),
+			"--listen", fmt.Sprintf("127.0.0.1:%d", loopbackPort(t)), "--http", fmt.Sprintf("127.0.0.1:%d", loopbackPort(t)),
+			"--beacon-base", "https://beacon.example.com", c.flag, addr}
+		code, out := runCLI(t, nil, args...)
+		if want := c.key + ": listen on " + addr; code != 1 || !strings.Contains(out, want) {
+			t.Errorf("%s %s already in use: exit %d, want 1 and %q:\n%s", c.flag, addr, code, want, out)
+		}
 	}
 }
