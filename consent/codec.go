@@ -371,7 +371,6 @@ func decodeEvent(seq uint64, v []byte) (storedEvent, error) {
 	return ev, d.err
 }
 
-func unixNano(t time.Time) int64 { return t.UnixNano() }
 func fromNano(ns int64) time.Time {
 	if ns == 0 {
 		return time.Time{}

@@ -168,7 +168,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.db = db
-	if err := s.init(fi); err != nil {
+	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -228,7 +228,7 @@ func (e *corruptError) Is(target error) bool { return target == ErrCorrupt }
 
 // init checks the file's size and schema, creates the buckets and the
 // store's own secrets, and loads the keys.
-func (s *Store) init(fi os.FileInfo) error {
+func (s *Store) init() error {
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		// A file truncated after its meta page was written would fault
 		// (SIGBUS) on the first read past its end; refuse it now.

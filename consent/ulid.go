@@ -3,7 +3,6 @@ package consent
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"time"
 )
 
@@ -34,33 +33,4 @@ func ulidString(id [16]byte) string {
 		hi >>= 5
 	}
 	return string(out[:])
-}
-
-func parseULID(s string) ([16]byte, error) {
-	var id [16]byte
-	if len(s) != 26 {
-		return id, errors.New("an event id has 26 characters")
-	}
-	var hi, lo uint64
-	for i := 0; i < 26; i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' {
-			c -= 'a' - 'A'
-		}
-		v := -1
-		for j := 0; j < 32; j++ {
-			if crockford[j] == c {
-				v = j
-				break
-			}
-		}
-		if v < 0 || (i == 0 && v > 7) {
-			return id, errors.New("not an event id")
-		}
-		hi = hi<<5 | lo>>59
-		lo = lo<<5 | uint64(v)
-	}
-	binary.BigEndian.PutUint64(id[:8], hi)
-	binary.BigEndian.PutUint64(id[8:], lo)
-	return id, nil
 }

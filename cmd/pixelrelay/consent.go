@@ -238,8 +238,9 @@ func (c *consentCtx) printJSON(v any) int {
 
 // eventFlags are the proof fields of grant, deny and withdraw.
 type eventFlags struct {
-	method, source, textVersion, textSHA256, evidence, at string
-	weakProof                                             bool
+	method, source, textVersion, textSHA256, evidence string
+	at                                                time.Time
+	weakProof                                         bool
 }
 
 func addEventFlags(fs *flag.FlagSet) *eventFlags {
@@ -249,7 +250,7 @@ func addEventFlags(fs *flag.FlagSet) *eventFlags {
 	fs.StringVar(&f.textVersion, "text-version", "", "version of the consent text shown")
 	fs.StringVar(&f.textSHA256, "text-sha256", "", "SHA-256 of the exact consent text shown")
 	fs.StringVar(&f.evidence, "evidence", "", "reference to the proof (form submission id, DOI message-id)")
-	fs.StringVar(&f.at, "at", "", "when the person acted, RFC 3339 (default: now)")
+	fs.Var(timeFlag{&f.at}, "at", "when the person acted, as an RFC 3339 `TIME` (default: now)")
 	fs.BoolVar(&f.weakProof, "weak-proof", false, "accept a grant without evidence or text reference, marked as weak proof")
 	return f
 }
@@ -264,14 +265,7 @@ func runConsentEvent(state consent.State) func(c *consentCtx) int {
 		ev := consent.Event{
 			Tenant: c.tenant, Address: addr, Purpose: c.purpose, State: state, Method: f.method,
 			Source: f.source, TextVersion: f.textVersion, TextSHA256: f.textSHA256, Evidence: f.evidence,
-			Actor: c.actor, WeakProof: f.weakProof,
-		}
-		if f.at != "" {
-			t, err := time.Parse(time.RFC3339Nano, f.at)
-			if err != nil {
-				return c.fail("--at %q is not an RFC 3339 time (e.g. 2026-05-01T10:00:00Z)", f.at)
-			}
-			ev.OccurredAt = t
+			Actor: c.actor, WeakProof: f.weakProof, OccurredAt: f.at,
 		}
 		rec, err := c.backend.Record(c.ctx, ev)
 		if err != nil {

@@ -22,9 +22,10 @@ import (
 
 // importFlags are `consent import`'s own flags.
 type importFlags struct {
-	format, source, textVersion, textSHA256, at string
-	weakProof, noProgress                       bool
-	maps                                        stringList
+	format, source, textVersion, textSHA256 string
+	at                                      time.Time
+	weakProof, noProgress                   bool
+	maps                                    stringList
 }
 
 func addImportFlags(fs *flag.FlagSet) *importFlags {
@@ -33,7 +34,7 @@ func addImportFlags(fs *flag.FlagSet) *importFlags {
 	fs.StringVar(&f.source, "source", "", "collection point for rows that name none")
 	fs.StringVar(&f.textVersion, "text-version", "", "consent text version for rows that carry none (mapped columns)")
 	fs.StringVar(&f.textSHA256, "text-sha256", "", "consent text SHA-256 for rows that carry none")
-	fs.StringVar(&f.at, "at", "", "RFC 3339 time for rows whose export records none")
+	fs.Var(timeFlag{&f.at}, "at", "RFC 3339 `TIME` for rows whose export records none")
 	fs.BoolVar(&f.weakProof, "weak-proof", false, "accept grants without evidence or text reference, marked weak (HubSpot consent needs it)")
 	fs.BoolVar(&f.noProgress, "no-progress", false, "no progress bar, even on a terminal")
 	fs.Var(&f.maps, "map", "COLUMN=PURPOSE: a Mailchimp or HubSpot column that really records that consent (repeatable)")
@@ -55,14 +56,7 @@ func runConsentImport(c *consentCtx) int {
 	}
 	opts := consent.ImportOptions{
 		Format: f.format, Tenant: c.tenant, Actor: c.actor, WeakProof: f.weakProof, Source: f.source,
-		TextVersion: f.textVersion, TextSHA256: f.textSHA256,
-	}
-	if f.at != "" {
-		t, err := time.Parse(time.RFC3339Nano, f.at)
-		if err != nil {
-			return c.fail("--at %q is not an RFC 3339 time", f.at)
-		}
-		opts.At = t
+		TextVersion: f.textVersion, TextSHA256: f.textSHA256, At: f.at,
 	}
 	for _, m := range f.maps {
 		col, purpose, ok := strings.Cut(m, "=")

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // newFlagSet returns a FlagSet that reports errors instead of exiting, so
@@ -68,6 +70,26 @@ func consumedTerminator(args, rest []string) bool {
 }
 
 // stringList is a repeatable string flag (--allow-net A --allow-net B).
+// timeFlag is an RFC 3339 time given on the command line; the zero time
+// means the flag was not given.
+type timeFlag struct{ t *time.Time }
+
+func (f timeFlag) String() string {
+	if f.t == nil || f.t.IsZero() {
+		return ""
+	}
+	return f.t.Format(time.RFC3339Nano)
+}
+
+func (f timeFlag) Set(v string) error {
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return errors.New("not an RFC 3339 time (e.g. 2026-05-01T10:00:00Z)")
+	}
+	*f.t = t
+	return nil
+}
+
 type stringList []string
 
 func (s *stringList) String() string { return strings.Join(*s, ",") }
