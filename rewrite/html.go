@@ -47,6 +47,7 @@ type elem struct {
 // element).
 type srcsetGroup struct {
 	attrStart, attrEnd int
+	refStart, refEnd   int // the group's entries in htmlScan.refs
 	elem               int32
 	n                  int
 	removeElem         bool
@@ -519,7 +520,7 @@ func (s *htmlScan) ancestorVisibility() int8 {
 // srcset records each candidate URL of a srcset attribute.
 func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool) {
 	g := int32(len(s.groups))
-	s.groups = append(s.groups, srcsetGroup{attrStart: a.start, attrEnd: a.end, elem: elemIdx, removeElem: removeElem})
+	s.groups = append(s.groups, srcsetGroup{attrStart: a.start, attrEnd: a.end, refStart: len(s.refs), elem: elemIdx, removeElem: removeElem})
 	sig := s.imageSignals()
 	v := s.view
 	type cand struct{ us, ue, end int }
@@ -576,6 +577,7 @@ func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool) {
 		s.refs = append(s.refs, r)
 		s.groups[g].n++
 	}
+	s.groups[g].refEnd = len(s.refs)
 }
 
 // attrRef records a URL-valued attribute whose removal takes just the

@@ -195,8 +195,8 @@ func (m *msgState) buildEdits(s *htmlScan, beacon []byte) ([]edit, string) {
 		case hits[g] == grp.n:
 			edits = append(edits, edit{start: grp.attrStart, end: grp.attrEnd})
 		default:
-			for i := range s.refs {
-				if r := &s.refs[i]; r.kind == refSrcset && int(r.group) == g && m.isTracker(r.url) {
+			for i := grp.refStart; i < grp.refEnd; i++ {
+				if r := &s.refs[i]; r.kind == refSrcset && m.isTracker(r.url) {
 					edits = append(edits, edit{start: r.start, end: r.end})
 				}
 			}
