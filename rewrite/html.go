@@ -16,6 +16,10 @@ const (
 	refAttr                  // the attribute goes (background, poster, VML src, ...)
 	refSrcset                // one srcset candidate goes (see srcsetGroup)
 	refCSS                   // the CSS declaration or @import rule goes
+	// refDup is a later duplicate of a removed attribute: it goes with
+	// the attribute (refAttr: when url is a tracker; refSrcset group:
+	// when the whole srcset goes). It is not an occurrence of a URL.
+	refDup
 )
 
 // ref is one remote URL occurrence in a part's HTML.
@@ -577,6 +581,7 @@ func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool) {
 		s.refs = append(s.refs, r)
 		s.groups[g].n++
 	}
+	s.dupRefs(remSrcset, "", g)
 	s.groups[g].refEnd = len(s.refs)
 }
 
@@ -591,6 +596,17 @@ func (s *htmlScan) attrRef(a attrSpan, vector string) {
 		return
 	}
 	s.refs = append(s.refs, ref{url: u, vector: vector, kind: refAttr, elem: -1, group: -1, start: a.start, end: a.end})
+	s.dupRefs(a.name, u, -1)
+}
+
+// dupRefs records the later duplicates of a removable attribute of the tag
+// in s.attrs, so that they go when it goes.
+func (s *htmlScan) dupRefs(name removable, u string, group int32) {
+	for _, d := range s.attrs.dups {
+		if d.name == name {
+			s.refs = append(s.refs, ref{url: u, kind: refDup, elem: -1, group: group, start: d.start, end: d.end})
+		}
+	}
 }
 
 func (s *htmlScan) cssRefs(vs, ve int, attr bool) {

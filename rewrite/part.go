@@ -131,7 +131,7 @@ func (m *msgState) aggregate(s *htmlScan) {
 	m.aggs = m.aggs[:0]
 	for i := range s.refs {
 		r := &s.refs[i]
-		if m.e.isOwn(r.url) {
+		if r.kind == refDup || m.e.isOwn(r.url) {
 			continue
 		}
 		j, ok := m.aggIdx[r.url]
@@ -194,6 +194,11 @@ func (m *msgState) buildEdits(s *htmlScan, beacon []byte) ([]edit, string) {
 			removed[grp.elem] = true
 		case hits[g] == grp.n:
 			edits = append(edits, edit{start: grp.attrStart, end: grp.attrEnd})
+			for i := grp.refStart; i < grp.refEnd; i++ {
+				if r := &s.refs[i]; r.kind == refDup {
+					edits = append(edits, edit{start: r.start, end: r.end})
+				}
+			}
 		default:
 			for i := grp.refStart; i < grp.refEnd; i++ {
 				if r := &s.refs[i]; r.kind == refSrcset && m.isTracker(r.url) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -384,5 +385,39 @@ func TestRepeatedURLIsLayout(t *testing.T) {
 		if len(rep.Trackers) != want {
 			t.Errorf("%d repeats: %d trackers, want %d", n, len(rep.Trackers), want)
 		}
+	}
+}
+
+// TestDuplicateAttributeStaysDead: a browser uses the first of two
+// attributes with the same name and ignores the rest. Removing a tracker
+// attribute must not bring a later duplicate to life, tracker or not: the
+// element must end up as if it had no such attribute at all.
+func TestDuplicateAttributeStaysDead(t *testing.T) {
+	const px1, px2 = "https://ea.pstmrk.it/open?m=1", "https://ea.pstmrk.it/open?m=2"
+	tests := []struct{ in, want string }{
+		{`<td background="` + px1 + `" background="` + px2 + `">x</td>`, `<td>x</td>`},
+		{`<td background="` + px1 + `" BACKGROUND='https://cdn.example/bg.png' class=c>x</td>`, `<td class=c>x</td>`},
+		{`<video poster="` + px1 + `" width="320" poster="https://cdn.example/p.png"></video>`, `<video width="320"></video>`},
+		{`<v:fill type="frame" src="` + px1 + `" SRC="` + px2 + `" srC=` + px2 + ` />`, `<v:fill type="frame" />`},
+		{`<iframe src="` + px1 + `" src="https://cdn.example/frame.html"></iframe>`, `<iframe></iframe>`},
+		{`<embed src="` + px1 + `" src="` + px2 + `">`, `<embed>`},
+		{`<object data="` + px1 + `" data="` + px2 + `"></object>`, `<object></object>`},
+		{`<audio src="` + px1 + `" src="` + px2 + `"></audio>`, `<audio></audio>`},
+		// A srcset whose candidates are all trackers goes, and its
+		// duplicates with it.
+		{`<img src="cid:logo" srcset="` + px1 + ` 1x" alt="a" srcset="` + px2 + ` 1x, https://cdn.example/a.png 2x">`, `<img src="cid:logo" alt="a">`},
+		// A later duplicate of an attribute that stays is dead and stays.
+		{`<td background="https://cdn.example/bg.png" background="` + px1 + `">x</td>`, `<td background="https://cdn.example/bg.png" background="` + px1 + `">x</td>`},
+	}
+	e := newEngine(t, Options{})
+	for i, tt := range tests {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			in := htmlMessage("7bit", "<p>hi</p>"+tt.in)
+			out, rep := rewriteBytes(t, e, []byte(in), Decision{Action: Strip})
+			if want := htmlMessage("7bit", "<p>hi</p>"+tt.want); string(out) != want {
+				t.Fatalf("%s\n%s\n(trackers %+v)", tt.in, firstDiff([]byte(want), out), rep.Trackers)
+			}
+			checkInvariants(t, e, []byte(in), Decision{Action: Strip})
+		})
 	}
 }
