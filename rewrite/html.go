@@ -258,14 +258,63 @@ func (s *htmlScan) comment(ts, te int) {
 }
 
 // mayFetch reports whether markup could hold a resource reference: an
-// attribute or property that loads something, or a style element.
+// attribute or property that loads something, or a style element. HTML
+// names and CSS functions are case-insensitive, and a style attribute may
+// spell its parenthesis as a character reference (url&#40;), so the words
+// are matched in any case and without what may follow them.
 func mayFetch(b []byte) bool {
-	for _, k := range [...]string{"src", "SRC", "Src", "url(", "URL(", "Url(", "ackground", "ACKGROUND", "<style", "<STYLE", "<link", "<LINK", "data=", "DATA=", "poster", "POSTER"} {
-		if bytes.Contains(b, []byte(k)) {
+	for _, k := range [...]string{"src", "url", "background", "<style", "<link", "data", "poster"} {
+		if containsFold(b, k) {
 			return true
 		}
 	}
 	return false
+}
+
+// containsFold reports whether b contains needle, ignoring ASCII case;
+// needle must be lower case. The pre-filters on the hot path use it, so it
+// finds candidates for the first byte with IndexByte, in both cases, and
+// never searches the same stretch twice.
+func containsFold(b []byte, needle string) bool {
+	n := len(needle)
+	if n == 0 {
+		return true
+	}
+	lo, up := needle[0], needle[0]
+	if lo >= 'a' && lo <= 'z' {
+		up = lo - ('a' - 'A')
+	}
+	rest := needle[1:]
+	last := len(b) - n // the last offset where needle can start
+	nextLo, nextUp := -1, -1
+	if lo == up {
+		nextUp = len(b) // one search serves both
+	}
+	for i := 0; i <= last; {
+		if nextLo < i {
+			nextLo = indexByteFrom(b, lo, i)
+		}
+		if nextUp < i {
+			nextUp = indexByteFrom(b, up, i)
+		}
+		j := min(nextLo, nextUp)
+		if j > last {
+			return false
+		}
+		if hasPrefixFoldBytes(b[j+1:], rest) {
+			return true
+		}
+		i = j + 1
+	}
+	return false
+}
+
+// indexByteFrom is the offset of the first c in b at or after i, or len(b).
+func indexByteFrom(b []byte, c byte, i int) int {
+	if k := bytes.IndexByte(b[i:], c); k >= 0 {
+		return i + k
+	}
+	return len(b)
 }
 
 const maxEndTagSearch = 256
@@ -308,11 +357,13 @@ func (s *htmlScan) startTag(a atom.Atom, name []byte, ts, te int, open bool) {
 			need = true
 		}
 	}
-	hasParen := bytes.IndexByte(tag, '(') >= 0
+	// A style attribute can load something only through a parenthesis,
+	// which it may also write as a character reference (url&#40;).
+	hasParen := bytes.IndexByte(tag, '(') >= 0 || bytes.IndexByte(tag, '&') >= 0 && containsFold(tag, "style")
 	hasBg := false
 	switch a {
 	case atom.Body, atom.Table, atom.Td, atom.Th, atom.Tr, atom.Div:
-		hasBg = bytes.Contains(tag, []byte("ackground")) || bytes.Contains(tag, []byte("ACKGROUND"))
+		hasBg = containsFold(tag, "background")
 	}
 	elemIdx := int32(-1)
 	if need || hasParen || hasBg {

@@ -421,3 +421,26 @@ func TestDuplicateAttributeStaysDead(t *testing.T) {
 		})
 	}
 }
+
+func TestContainsFold(t *testing.T) {
+	tests := []struct {
+		b, needle string
+		want      bool
+	}{
+		{"<td BACKGROUND=x>", "background", true},
+		{"<td bAckGround=x>", "background", true},
+		{"<td backgroun", "background", false},
+		{"xxxxxxxxxxbackground", "background", true}, // at the very end
+		{"sRsRsRc", "src", true},                     // earlier candidates of both cases fail
+		{"SsSsSsS", "src", false},
+		{"<LINK rel=x>", "<link", true},
+		{"a<b<c<STYLE>", "<style", true},
+		{"", "src", false},
+		{"url", "url", true},
+	}
+	for _, tt := range tests {
+		if got := containsFold([]byte(tt.b), tt.needle); got != tt.want {
+			t.Errorf("containsFold(%q, %q) = %v, want %v", tt.b, tt.needle, got, tt.want)
+		}
+	}
+}
