@@ -3,6 +3,8 @@ package rewrite
 import (
 	"bytes"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/net/html"
 	"golang.org/x/net/html/atom"
@@ -678,17 +680,52 @@ func (s *htmlScan) styleBlock(ts, te int) { s.cssRefs(ts, te, false) }
 func cleanCSSURL(raw []byte, base string) string {
 	raw = trimSpaceBytes(raw)
 	if bytes.IndexByte(raw, '\\') >= 0 {
-		out := make([]byte, 0, len(raw))
-		for i := 0; i < len(raw); i++ {
-			if raw[i] == '\\' && i+1 < len(raw) && !isHex(raw[i+1]) {
-				i++
-			}
-			out = append(out, raw[i])
-		}
-		raw = out
+		raw = unescapeCSS(raw)
 	}
 	if len(raw) == 0 {
 		return ""
 	}
-	return absURL(strings.TrimSpace(string(raw)), base)
+	return absURL(string(raw), base)
+}
+
+// unescapeCSS undoes CSS escapes as the CSS tokenizer does: "\\" followed
+// by up to six hex digits (and one optional whitespace) is that code point,
+// by a newline is nothing, by anything else is that character.
+func unescapeCSS(raw []byte) []byte {
+	out := make([]byte, 0, len(raw))
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if c != '\\' || i+1 == len(raw) {
+			out = append(out, c)
+			continue
+		}
+		i++
+		switch c = raw[i]; {
+		case c == '\n' || c == '\f':
+		case c == '\r':
+			if i+1 < len(raw) && raw[i+1] == '\n' {
+				i++
+			}
+		case isHex(c):
+			var r rune
+			k := i
+			for ; k < len(raw) && k-i < 6 && isHex(raw[k]); k++ {
+				r = r<<4 | rune(unhex(raw[k]))
+			}
+			if k < len(raw) && isSpace(raw[k]) {
+				if raw[k] == '\r' && k+1 < len(raw) && raw[k+1] == '\n' {
+					k++
+				}
+				k++
+			}
+			if r == 0 || r > unicode.MaxRune || r >= 0xD800 && r <= 0xDFFF {
+				r = utf8.RuneError
+			}
+			out = utf8.AppendRune(out, r)
+			i = k - 1
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
 }

@@ -444,3 +444,59 @@ func TestContainsFold(t *testing.T) {
 		}
 	}
 }
+
+// TestURLFormsBrowsersFetch: the WHATWG URL parser repairs many malformed
+// http(s) URLs, and so fetches them; each must be judged as the URL that
+// is fetched, and non-remote ones not at all.
+func TestURLFormsBrowsersFetch(t *testing.T) {
+	const want = "https://t.example/o.gif"
+	tests := []struct{ src, url string }{
+		{`https://t.example/o.gif`, want},
+		{`https:\\t.example\o.gif`, want}, // WebKit, Blink and Gecko alike
+		{`https:/t.example/o.gif`, want},
+		{`https:t.example/o.gif`, want},
+		{`https:///t.example/o.gif`, want},
+		{`https://t.example\o.gif`, want},
+		{"\x01https://t.example/o.gif\x1f", want}, // C0 controls around the URL are dropped
+		{`&#1;https://t.example/o.gif`, want},
+		{"ht\ttps://t.exa\nmple/o.gif", want},
+		{`\\t.example/o.gif`, want}, // scheme-relative, with either slash
+		{`/\t.example/o.gif`, want},
+		{`HTTP:\\t.example\o.gif?q=a\b`, `http://t.example/o.gif?q=a\b`}, // "\" is a "/" only before the query
+		{`https:`, ""},
+		{`https:///`, ""},
+		{`https://?x`, ""},
+		{`cid:o.gif@t.example`, ""},
+		{`/o.gif`, ""}, // relative, and there is no <base>
+	}
+	e := newEngine(t, Options{})
+	for _, tt := range tests {
+		body := `<p>hi</p><img src="` + tt.src + `" width="1" height="1">`
+		_, rep := rewriteBytes(t, e, []byte(htmlMessage("7bit", body)), Decision{Action: Keep})
+		got := ""
+		if len(rep.Trackers) == 1 {
+			got = rep.Trackers[0].URL
+		} else if len(rep.Trackers) > 1 {
+			got = fmt.Sprint(rep.Trackers)
+		}
+		if got != tt.url {
+			t.Errorf("src=%q: judged as %q, want %q", tt.src, got, tt.url)
+		}
+	}
+	// With a <base>, "https:o.gif" is relative to it, as the parser says
+	// for a URL of the same scheme as its base.
+	_, rep := rewriteBytes(t, e, []byte(htmlMessage("7bit", `<base href="https://t.example/">`+
+		`<img src="https:o.gif" width="1" height="1">`)), Decision{Action: Keep})
+	if len(rep.Trackers) != 1 || rep.Trackers[0].URL != want {
+		t.Errorf("https:o.gif under <base href=https://t.example/>: %+v", rep.Trackers)
+	}
+	// CSS undoes its own escapes first: "\\" is a backslash, "\68" an h.
+	const px = "https://ea.pstmrk.it/open?m=1"
+	for _, css := range []string{`url(https:\\ea.pstmrk.it\\open?m=1)`, `url(\68ttps://ea.pstmrk.it/open?m=1)`, `url('\000068 ttps://ea.pstmrk.it/open?m=1')`} {
+		body := `<div style="background:` + css + `">x</div>`
+		_, rep := rewriteBytes(t, e, []byte(htmlMessage("7bit", body)), Decision{Action: Keep})
+		if len(rep.Trackers) != 1 || rep.Trackers[0].URL != px {
+			t.Errorf("style %s: trackers %+v, want %s", css, rep.Trackers, px)
+		}
+	}
+}
