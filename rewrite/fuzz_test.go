@@ -80,6 +80,11 @@ func checkInvariants(t *testing.T, e *Engine, in []byte, d Decision) {
 	if len(krep.Trackers) != len(rep.Trackers) {
 		t.Fatalf("Keep found %d trackers, %s %d", len(krep.Trackers), d.Action, len(rep.Trackers))
 	}
+	// LF in, LF out (CONTRACTS.md): nothing inserted or re-encoded may
+	// bring a CR into a message that had none.
+	if bytes.IndexByte(in, '\r') < 0 && bytes.IndexByte(out, '\r') >= 0 {
+		t.Fatalf("LF-only input gave CR in the output:\n%q", out)
+	}
 	// Idempotent.
 	again, _ := rewriteBytes(t, e, out, d)
 	if !bytes.Equal(again, out) {

@@ -113,7 +113,7 @@ func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, c
 	case cteIdentity:
 		out = applyEdits(m.outBuf[:0], body, edits)
 	case cteQP:
-		out = qpApply(m.outBuf[:0], body, dec, m.qpLines, edits, eolOf(body), m.scratch[:0])
+		out = qpApply(m.outBuf[:0], body, dec, m.qpLines, edits, eolOf(body, m.hdr), m.scratch[:0])
 	case cteBase64:
 		m.scratch = applyEdits(m.scratch[:0], dec, edits)
 		out = b64Encode(m.outBuf[:0], m.scratch, lay)
@@ -289,12 +289,17 @@ func (m *msgState) buildEdits(s *htmlScan, beacon []byte) ([]edit, string) {
 	return merged, beaconRef
 }
 
-// eolOf returns the line ending a body uses (CRLF when it has none).
-func eolOf(b []byte) string {
-	if i := bytes.IndexByte(b, '\n'); i > 0 && b[i-1] != '\r' {
-		return "\n"
-	} else if i == 0 {
-		return "\n"
+// eolOf returns the line ending a body uses. A body without a line break
+// takes its header's (a one-line part of an LF message is still LF), and
+// only a part with neither gets CRLF, the MIME default.
+func eolOf(body, hdr []byte) string {
+	for _, b := range [2][]byte{body, hdr} {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			if i > 0 && b[i-1] == '\r' {
+				return "\r\n"
+			}
+			return "\n"
+		}
 	}
 	return "\r\n"
 }

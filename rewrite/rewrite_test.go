@@ -500,3 +500,25 @@ func TestURLFormsBrowsersFetch(t *testing.T) {
 		}
 	}
 }
+
+// TestQPRewrapKeepsLF: a quoted-printable HTML body without a line break
+// of its own takes its line ending from the part header when a re-encoded
+// line needs a soft break; an LF message must not get a CR.
+func TestQPRewrapKeepsLF(t *testing.T) {
+	body := "<p>" + strings.Repeat("a", 70) + "</p><img src=3D\"https://ea.pstmrk.it/open?m=3D1\" width=3D\"1\" height=3D\"1\"><p>" + strings.Repeat("b", 70) + "</p>"
+	in := strings.ReplaceAll(htmlMessage("quoted-printable", ""), "\r\n", "\n") + body
+	e := newEngine(t, Options{OwnURLPrefixes: []string{goldenOwn}})
+	for _, d := range []Decision{{Action: Strip}, {Action: Beacon, BeaconURL: goldenBeacon}} {
+		out, rep := rewriteBytes(t, e, []byte(in), d)
+		if !rep.Changed || bytes.Contains(out, []byte("pstmrk")) {
+			t.Fatalf("%s: tracker not removed: %q", d.Action, out)
+		}
+		if bytes.Contains(out, []byte("\r")) {
+			t.Errorf("%s: LF input gave CR in the output: %q", d.Action, out)
+		}
+		if !bytes.Contains(out, []byte("=\n")) {
+			t.Errorf("%s: the re-encoded line was not wrapped: %q", d.Action, out)
+		}
+		checkInvariants(t, e, []byte(in), d)
+	}
+}
