@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -14,7 +13,7 @@ import (
 // it (pixelrelay's own beacon is never a tracker).
 func TestRewriteActionBeacon(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "pixelrelay.db")
-	msg, _ := os.ReadFile("../../testdata/messages/newsletter.eml")
+	msg := newsletterWithPixel(t)
 	args := []string{"rewrite", "--action", "beacon", "--beacon-base", "https://beacon.example.com", "--beacon-min-batch", "2", "--db", db}
 	beaconRE := regexp.MustCompile(`https://beacon\.example\.com/b/[A-Za-z0-9_-]+\.gif`)
 
