@@ -126,7 +126,17 @@ func (s *htmlScan) run(start, end int) {
 		ts := pos
 		pos += len(z.Raw())
 		te := pos
-		if s.depth == 0 && dataStateAfter(tt, rawCtx, s.view[ts:te]) {
+		var name []byte
+		var a atom.Atom
+		switch tt {
+		case html.StartTagToken, html.SelfClosingTagToken:
+			name = tagName(s.view[ts+1:te], &nameBuf)
+			a = atom.Lookup(name)
+		case html.EndTagToken:
+			name = tagName(s.view[ts+2:te], &nameBuf)
+			a = atom.Lookup(name)
+		}
+		if s.depth == 0 && dataStateAfter(tt, rawCtx, a, s.view[ts:te]) {
 			s.tokEnd = te
 		}
 		switch tt {
@@ -141,13 +151,10 @@ func (s *htmlScan) run(start, end int) {
 			}
 			rawCtx = 0
 		case html.StartTagToken, html.SelfClosingTagToken:
-			name := tagName(s.view[ts+1:te], &nameBuf)
-			a := atom.Lookup(name)
 			s.startTag(a, name, ts, te, tt == html.StartTagToken)
 			rawCtx = a
 		case html.EndTagToken:
-			name := tagName(s.view[ts+2:te], &nameBuf)
-			s.endTag(atom.Lookup(name), name, ts, te)
+			s.endTag(a, name, ts, te)
 			rawCtx = 0
 		case html.CommentToken:
 			s.comment(ts, te)
@@ -159,16 +166,16 @@ func (s *htmlScan) run(start, end int) {
 }
 
 // dataStateAfter reports whether the tokenizer is back in its data state
-// after a token. rawCtx is the element whose raw text a text token is.
-func dataStateAfter(tt html.TokenType, rawCtx atom.Atom, raw []byte) bool {
+// after a token. rawCtx is the element whose raw text a text token is; tag
+// is a start tag's element.
+func dataStateAfter(tt html.TokenType, rawCtx, tag atom.Atom, raw []byte) bool {
 	switch tt {
 	case html.TextToken:
 		return !opensRawText(rawCtx)
 	case html.StartTagToken, html.SelfClosingTagToken:
-		// The caller has not yet seen the name; a raw-text element's start
-		// tag is followed by its raw text, so it is not a safe point.
-		var buf [32]byte
-		return !opensRawText(atom.Lookup(tagName(raw[1:], &buf)))
+		// A raw-text element's start tag is followed by its raw text, so
+		// it is not a safe point.
+		return !opensRawText(tag)
 	case html.EndTagToken, html.DoctypeToken:
 		return true
 	case html.CommentToken:
@@ -392,7 +399,7 @@ func (s *htmlScan) startTag(a atom.Atom, name []byte, ts, te int, open bool) {
 		case atom.Source:
 			if at.srcset.ok {
 				idx := s.newElem(ts, te, false)
-				s.srcset(at.srcset, idx, !at.src.ok)
+				s.srcset(at.srcset, idx, !at.src.ok, s.imageSignals())
 			}
 			s.attrRef(at.src, VectorVideo)
 		case atom.Object:
@@ -493,14 +500,15 @@ func (s *htmlScan) imgLike(ts, te int, vector string, src attrSpan, beaconable b
 		return -1
 	}
 	idx := s.newElem(ts, te, beaconable)
-	r := s.imageSignals()
+	sig := s.imageSignals()
 	if srcURL != "" {
+		r := sig
 		r.url, r.vector, r.kind, r.elem, r.group = srcURL, vector, refElem, idx, -1
 		s.refs = append(s.refs, r)
 	}
 	if at.srcset.ok {
 		empty := !src.ok || len(trimSpaceBytes(s.view[src.vs:src.ve])) == 0
-		s.srcset(at.srcset, idx, empty)
+		s.srcset(at.srcset, idx, empty, sig)
 	}
 	return idx
 }
@@ -574,11 +582,11 @@ func (s *htmlScan) ancestorVisibility() int8 {
 	return vis
 }
 
-// srcset records each candidate URL of a srcset attribute.
-func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool) {
+// srcset records each candidate URL of a srcset attribute; sig is the
+// element's imageSignals.
+func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool, sig ref) {
 	g := int32(len(s.groups))
 	s.groups = append(s.groups, srcsetGroup{attrStart: a.start, attrEnd: a.end, refStart: len(s.refs), elem: elemIdx, removeElem: removeElem})
-	sig := s.imageSignals()
 	v := s.view
 	type cand struct{ us, ue, end int }
 	var cands [16]cand

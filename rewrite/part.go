@@ -154,12 +154,9 @@ func (m *msgState) aggregate(s *htmlScan) {
 	}
 }
 
-func (m *msgState) isTracker(u string) bool {
-	if m.e.isOwn(u) {
-		return false
-	}
-	return m.decided[u].tracker
-}
+// isTracker is the verdict on a URL. Own URLs never get one (aggregate
+// skips them), so they are never trackers.
+func (m *msgState) isTracker(u string) bool { return m.decided[u].tracker }
 
 // buildEdits turns the verdicts into edits on the view, sorted and merged.
 // With a beacon, the first removed <img> in the body (outside <head> and
