@@ -66,49 +66,31 @@ func runRewrite(env *cmdEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: unexpected argument %q; the message is read from stdin\n", pos[0])
 		return 1
 	}
-	var (
-		act       rewrite.Action
-		beaconURL string
-		src       io.Reader = env.stdin
-	)
+	// Everything that can be wrong with the command line is checked before
+	// anything has an effect: a run that exits 1 sends no message, so it
+	// must not have counted its recipient toward a campaign's batch.
+	var target storeTarget
 	switch *action {
-	case "strip":
-		act = rewrite.Strip
-	case "keep":
-		act = rewrite.Keep
+	case "strip", "keep":
 	case "auto":
 		if len(rcpts) != 1 {
 			fmt.Fprintln(env.stderr, "pixelrelay rewrite: --action auto needs exactly one --recipient (one recipient per run, as Postfix's pipe delivers with _destination_recipient_limit = 1)")
 			return 1
 		}
-		target, err := store.resolve(env)
-		if err != nil {
-			fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", err)
-			return 1
-		}
-		act = autoAction(env, target, *tenant, rcpts[0])
 	case "beacon":
 		if *beaconBase == "" {
 			fmt.Fprintln(env.stderr, "pixelrelay rewrite: --action beacon needs --beacon-base URL, the public URL of the beacon listener")
 			return 1
 		}
-		target, err := store.resolve(env)
-		if err != nil {
-			fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", err)
-			return 1
-		}
-		// The campaign may come from the header, so the message is read
-		// first; a filter's message fits in memory like any MTA's does.
-		input, err := io.ReadAll(env.stdin)
-		if err != nil {
-			fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", &rewrite.IOError{Op: "read", Err: err})
-			return 2
-		}
-		src = bytes.NewReader(input)
-		act, beaconURL = beaconAction(env, target, *tenant, *campaign, *beaconBase, *minBatch, len(rcpts), input)
 	default:
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: unknown --action %q; want strip, keep, beacon or auto\n", *action)
 		return 1
+	}
+	if *action == "auto" || *action == "beacon" {
+		if target, err = store.resolve(env); err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", err)
+			return 1
+		}
 	}
 	eng, err := newRewriteEngine(*rulesPath, *beaconBase)
 	if err != nil {
@@ -131,10 +113,37 @@ func runRewrite(env *cmdEnv, args []string) int {
 		}
 		reportFile, reportW = f, f
 	}
-	out := bufio.NewWriterSize(env.stdout, 64<<10)
-	rep, err := eng.Rewrite(out, src, rewrite.Decision{Action: act, Recipients: rcpts, BeaconURL: beaconURL})
+
+	var (
+		act       rewrite.Action
+		beaconURL string
+		src       io.Reader = env.stdin
+		rep       rewrite.Report
+	)
+	switch *action {
+	case "strip":
+		act = rewrite.Strip
+	case "keep":
+		act = rewrite.Keep
+	case "auto":
+		act = autoAction(env, target, *tenant, rcpts[0])
+	case "beacon":
+		// The campaign may come from the header, so the message is read
+		// first; a filter's message fits in memory like any MTA's does.
+		input, rerr := io.ReadAll(env.stdin)
+		if rerr != nil {
+			err = &rewrite.IOError{Op: "read", Err: rerr}
+			break
+		}
+		src = bytes.NewReader(input)
+		act, beaconURL = beaconAction(env, target, *tenant, *campaign, *beaconBase, *minBatch, len(rcpts), input)
+	}
 	if err == nil {
-		err = flushErr(out.Flush())
+		out := bufio.NewWriterSize(env.stdout, 64<<10)
+		rep, err = eng.Rewrite(out, src, rewrite.Decision{Action: act, Recipients: rcpts, BeaconURL: beaconURL})
+		if err == nil {
+			err = flushErr(out.Flush())
+		}
 	}
 	code := 0
 	if err != nil {
@@ -150,6 +159,9 @@ func runRewrite(env *cmdEnv, args []string) int {
 			Changed:      &rep.Changed,
 			DroppedParts: rep.DroppedParts,
 			RulesVersion: eng.RulesVersion(),
+		}
+		if rec.Trackers == nil {
+			rec.Trackers = []rewrite.Finding{} // the input could not be read
 		}
 		if err != nil {
 			rec.Error = err.Error()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -42,5 +43,34 @@ func TestRewriteActionBeacon(t *testing.T) {
 	}
 	if code, _, _ := runIn(t, msg, "rewrite", "--action", "beacon", "--db", db); code != 1 {
 		t.Errorf("--action beacon without --beacon-base: exit %d, want 1", code)
+	}
+}
+
+// A run that fails on its own configuration sends nothing, so it must not
+// count its recipient toward the campaign's batch either.
+func TestRewriteBeaconCountsOnlyRunsThatRewrite(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "pixelrelay.db")
+	msg := newsletterWithPixel(t)
+	args := []string{"rewrite", "--action", "beacon", "--beacon-base", "https://beacon.example.com", "--campaign", "autumn", "--db", db, "--recipient", "a@example.org"}
+	if code, _, errs := runIn(t, msg, args...); code != 0 {
+		t.Fatalf("a good run: exit %d: %s", code, errs)
+	}
+	bad := [][]string{
+		{"--rules", filepath.Join(t.TempDir(), "nonexistent.rules")},
+		{"--report", filepath.Join(t.TempDir(), "no", "such", "dir", "report.json")},
+		{"--rules", filepath.Join(t.TempDir(), "nonexistent.rules")},
+	}
+	for _, extra := range bad {
+		if code, out, _ := runIn(t, msg, append(append([]string{}, args...), extra...)...); code != 1 || len(out) != 0 {
+			t.Fatalf("%v: exit %d with %d bytes of output, want 1 and nothing", extra, code, len(out))
+		}
+	}
+	code, out, errs := runIn(t, nil, "beacon", "stats", "--json", "--campaign", "autumn", "--db", db)
+	if code != 0 {
+		t.Fatalf("beacon stats: exit %d: %s", code, errs)
+	}
+	var rows []struct{ Recipients int }
+	if err := json.Unmarshal(out, &rows); err != nil || len(rows) != 1 || rows[0].Recipients != 1 {
+		t.Fatalf("beacon stats: %s (%v); want 1 recipient, from the one good run", out, err)
 	}
 }
