@@ -20,7 +20,7 @@ import (
 	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
-const scanUsage = `usage: pixelrelay scan [--json] [--recipient ADDR]... [--rules FILE] PATH...
+const scanUsage = `usage: pixelrelay scan [--json] [--recipient ADDR]... [--rules FILE] [--beacon-base URL] PATH...
 
 Audits stored mail for open-tracking pixels without changing anything. A PATH
 is a message file (.eml), an mbox (first line "From "), a Maildir, a
@@ -29,6 +29,10 @@ or - for stdin.
 
 Without --json, prints a table of trackers and a summary; with --json, one
 JSON object per message per line (source, message_id, trackers, error).
+
+pixelrelay's own delivery beacons are not reported when the beacon base is
+known: --beacon-base, else PIXELRELAY_BEACON_BASE, else beacon_base in
+serve's configuration (--config FILE or PIXELRELAY_CONFIG).
 
 exit codes: 0 everything was read (trackers or not), 1 usage error,
 2 some input could not be read (the rest is still reported).
@@ -91,6 +95,8 @@ func runScan(env *cmdEnv, args []string) int {
 	fs.Var(&rcpts, "recipient", "the recipient's address, which enables the recipient-identifier signal (repeatable)")
 	rulesPath := fs.String("rules", "", "extra tracker rules file, layered over the built-in rules")
 	htmlOut := fs.String("html", "", "also write a self-contained HTML audit report to FILE (- for stdout)")
+	beaconBase := fs.String("beacon-base", "", "public base URL of pixelrelay's delivery beacons, which are then not reported (or PIXELRELAY_BEACON_BASE, or beacon_base in --config)")
+	configPath := fs.String("config", "", "serve's YAML configuration, for beacon_base (or PIXELRELAY_CONFIG)")
 	paths, err := parseInterspersed(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -103,7 +109,17 @@ func runScan(env *cmdEnv, args []string) int {
 		fmt.Fprintln(env.stderr, scanUsage)
 		return 1
 	}
-	eng, err := newRewriteEngine(*rulesPath, "")
+	baseSet := false
+	fs.Visit(func(f *flag.Flag) { baseSet = baseSet || f.Name == "beacon-base" })
+	if !baseSet {
+		fc, err := loadFilterConfig(env, *configPath)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay scan: %v\n", err)
+			return 1
+		}
+		*beaconBase = fc.BeaconBase
+	}
+	eng, err := newRewriteEngine(*rulesPath, *beaconBase)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "pixelrelay scan: %v\n", err)
 		return 1

@@ -191,3 +191,42 @@ func TestScanCorpus(t *testing.T) {
 		}
 	}
 }
+
+// pixelrelay's own delivery beacons are not trackers: scan knows them by
+// the beacon base, from --beacon-base, PIXELRELAY_BEACON_BASE or the
+// config file, as serve and rewrite do.
+func TestScanSkipsOwnBeacons(t *testing.T) {
+	golden := filepath.Join("..", "..", "testdata", "rewrite", "beacon-img.golden")
+	own := "beacon.pixelrelay.test"
+	urls := func(out []byte) []string {
+		var hs []string
+		for _, l := range parseScanJSON(t, string(out)) {
+			for _, f := range l.Trackers {
+				hs = append(hs, f.URL)
+			}
+		}
+		return hs
+	}
+	// Without the base the beacon is a 1×1 image like any other, which
+	// also proves the fixture still holds one.
+	code, out, errs := runIn(t, nil, "scan", "--json", golden)
+	if code != 0 || !strings.Contains(strings.Join(urls(out), " "), own) {
+		t.Fatalf("without a beacon base: exit %d, trackers %v, %s; want the beacon reported", code, urls(out), errs)
+	}
+	cfg := filepath.Join(t.TempDir(), "pixelrelay.yaml")
+	write(t, cfg, []byte("beacon_base: https://beacon.pixelrelay.test/\nlisten: [\"127.0.0.1:2525\"]\n"))
+	for name, run := range map[string]func() (int, []byte, string){
+		"flag": func() (int, []byte, string) {
+			return runIn(t, nil, "scan", "--json", "--beacon-base", "https://beacon.pixelrelay.test", golden)
+		},
+		"env": func() (int, []byte, string) {
+			return runEnv(t, map[string]string{"PIXELRELAY_BEACON_BASE": "https://beacon.pixelrelay.test"}, nil, "scan", "--json", golden)
+		},
+		"config": func() (int, []byte, string) { return runIn(t, nil, "scan", "--json", "--config", cfg, golden) },
+	} {
+		code, out, errs := run()
+		if code != 0 || len(urls(out)) != 0 {
+			t.Errorf("%s: exit %d, trackers %v, %s; want none", name, code, urls(out), errs)
+		}
+	}
+}
