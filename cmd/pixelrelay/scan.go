@@ -39,20 +39,9 @@ exit codes: 0 everything was read (trackers or not), 1 usage error,
 
 flags:`
 
-// scanResult is what scanning one message produced. Results are plain data
-// so that any report writer (the table, JSON lines, and later the HTML
-// audit report) can consume them.
-type scanResult struct {
-	Source    string
-	MessageID string
-	Trackers  []rewrite.Finding
-	Problems  []string
-	Err       error
-}
-
 // scanSink receives results in input order.
 type scanSink interface {
-	add(r scanResult) error
+	add(r report.ScanResult) error
 	finish(s *scanSummary) error
 }
 
@@ -66,7 +55,7 @@ type scanSummary struct {
 	ByVendor     map[string]int
 }
 
-func (s *scanSummary) add(r scanResult) {
+func (s *scanSummary) add(r report.ScanResult) {
 	if r.Err != nil {
 		s.Unreadable++
 		return
@@ -154,10 +143,10 @@ func runScan(env *cmdEnv, args []string) int {
 	sc.progress = newProgress(env.stderr, inputs)
 	sum := &scanSummary{ByVendor: map[string]int{}}
 	failed := false
-	emit := func(r scanResult) {
+	emit := func(r report.ScanResult) {
 		sum.add(r)
 		if htmlSum != nil {
-			htmlSum.AddScan(report.ScanResult{Source: r.Source, MessageID: r.MessageID, Trackers: r.Trackers, Problems: r.Problems, Err: r.Err})
+			htmlSum.AddScan(r)
 		}
 		if r.Err != nil {
 			fmt.Fprintf(env.stderr, "pixelrelay scan: %s: %v\n", r.Source, r.Err)
@@ -200,9 +189,9 @@ type scanner struct {
 	progress *progress
 }
 
-func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
+func (sc *scanner) scanInput(in scanInput, emit func(report.ScanResult)) {
 	if in.err != nil {
-		emit(scanResult{Source: in.path, Err: in.err})
+		emit(report.ScanResult{Source: in.path, Err: in.err})
 		return
 	}
 	var r io.Reader
@@ -211,7 +200,7 @@ func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
 	} else {
 		f, err := os.Open(in.path)
 		if err != nil {
-			emit(scanResult{Source: in.path, Err: err})
+			emit(report.ScanResult{Source: in.path, Err: err})
 			return
 		}
 		defer f.Close()
@@ -230,7 +219,7 @@ func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
 			emit(sc.scanOne(in.path+"#"+strconv.Itoa(i), msg))
 		}
 		if mb.err != nil {
-			emit(scanResult{Source: in.path, Err: mb.err})
+			emit(report.ScanResult{Source: in.path, Err: mb.err})
 		}
 	case kindHTML:
 		emit(sc.scanOne(in.path, htmlAsMessage(br)))
@@ -240,9 +229,9 @@ func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
 	sc.progress.fileDone()
 }
 
-func (sc *scanner) scanOne(source string, r io.Reader) scanResult {
+func (sc *scanner) scanOne(source string, r io.Reader) report.ScanResult {
 	rep, err := sc.eng.Rewrite(io.Discard, r, rewrite.Decision{Action: rewrite.Keep, Recipients: sc.rcpts})
-	res := scanResult{Source: source, MessageID: rep.MessageID, Trackers: rep.Trackers, Problems: rep.Problems}
+	res := report.ScanResult{Source: source, MessageID: rep.MessageID, Trackers: rep.Trackers, Problems: rep.Problems}
 	if err != nil {
 		var ioe *rewrite.IOError
 		if errors.As(err, &ioe) {
@@ -259,7 +248,7 @@ func (sc *scanner) scanOne(source string, r io.Reader) scanResult {
 // jsonSink prints the CONTRACTS.md scan --json lines.
 type jsonSink struct{ w io.Writer }
 
-func (s *jsonSink) add(r scanResult) error {
+func (s *jsonSink) add(r report.ScanResult) error {
 	rec := messageRecord{Source: r.Source, MessageID: r.MessageID, Trackers: r.Trackers, Problems: r.Problems}
 	if rec.Trackers == nil {
 		rec.Trackers = []rewrite.Finding{}
@@ -283,7 +272,7 @@ func newTableSink(w io.Writer) *tableSink {
 	return &tableSink{w: w, tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
 }
 
-func (s *tableSink) add(r scanResult) error {
+func (s *tableSink) add(r report.ScanResult) error {
 	if s.rows == 0 && (r.Err != nil || len(r.Trackers) > 0) {
 		fmt.Fprintln(s.tw, "SOURCE\tPART\tVECTOR\tVENDOR\tREASONS\tURL")
 	}
