@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pixelrelay/pixelrelay/beacon"
 	"github.com/pixelrelay/pixelrelay/consent"
 	"github.com/pixelrelay/pixelrelay/relay"
 	"github.com/pixelrelay/pixelrelay/rewrite"
@@ -228,7 +229,10 @@ func flushErr(err error) error {
 func newRewriteEngine(rulesPath, beaconBase string) (*rewrite.Engine, error) {
 	opts := rewrite.Options{}
 	if beaconBase != "" {
-		opts.OwnURLPrefixes = []string{strings.TrimSuffix(beaconBase, "/") + "/b/"}
+		// Derived from beacon.JoinURL, which writes the relay's beacon
+		// URLs, so that the two can never disagree on a base's slashes.
+		u := beacon.JoinURL(beaconBase, "")
+		opts.OwnURLPrefixes = []string{u[:strings.LastIndex(u, "/")+1]}
 	}
 	if rulesPath != "" {
 		f, err := os.Open(rulesPath)

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/pixelrelay/pixelrelay/beacon"
 )
 
 type scanLine struct {
@@ -227,6 +229,32 @@ func TestScanSkipsOwnBeacons(t *testing.T) {
 		code, out, errs := run()
 		if code != 0 || len(urls(out)) != 0 {
 			t.Errorf("%s: exit %d, trackers %v, %s; want none", name, code, urls(out), errs)
+		}
+	}
+}
+
+// The relay writes beacon URLs with beacon.JoinURL; the prefix scan and
+// rewrite recognise them by must be built the same way, or a base written
+// with extra trailing slashes makes pixelrelay flag its own beacons.
+func TestOwnBeaconPrefixMatchesJoinURL(t *testing.T) {
+	for _, base := range []string{"https://beacon.pixelrelay.test", "https://beacon.pixelrelay.test/", "https://beacon.pixelrelay.test//", "https://pixelrelay.test/px//"} {
+		u := beacon.JoinURL(base, "AbCdEf")
+		msg := "From: a@example.org\nSubject: x\nMIME-Version: 1.0\nContent-Type: text/html\n\n" +
+			`<p>hi</p><img src="` + u + `" width="1" height="1" alt="">` + "\n"
+		code, out, errs := runIn(t, []byte(msg), "scan", "--json", "--beacon-base", base, "-")
+		if code != 0 {
+			t.Fatalf("base %q: exit %d: %s", base, code, errs)
+		}
+		for _, l := range parseScanJSON(t, string(out)) {
+			if len(l.Trackers) != 0 {
+				t.Errorf("base %q: own beacon %s reported as a tracker: %+v", base, u, l.Trackers)
+			}
+		}
+		// Without the base the same image is a tracker, so the check
+		// above is not passing for want of a finding.
+		_, out, _ = runIn(t, []byte(msg), "scan", "--json", "-")
+		if l := parseScanJSON(t, string(out))["-"]; len(l.Trackers) != 1 {
+			t.Fatalf("base %q: without --beacon-base want the 1x1 image reported, got %+v", base, l.Trackers)
 		}
 	}
 }
