@@ -13,17 +13,40 @@ import (
 // the tokenizer follows.
 type attrSpan struct {
 	ok         bool
+	name       removable
 	start, end int // removal range: leading whitespace through the value's closing quote
 	vs, ve     int // the raw value
 }
 
-// tagAttrs holds the attributes pixelrelay looks at. The first occurrence
-// of a name wins, as in the tokenizer.
-type tagAttrs struct {
-	src, srcset, background, style, poster, data, href, rel, typ, width, height, hidden, xlinkHref attrSpan
+// removable names the attributes whose removal takes the attribute itself
+// away (rather than a candidate, a declaration or the whole element).
+type removable uint8
+
+const (
+	notRemovable removable = iota
+	remSrc
+	remSrcset
+	remBackground
+	remPoster
+	remData
+)
+
+// attrDup is a later attribute with the same name as a removable one.
+type attrDup struct {
+	name       removable
+	start, end int
 }
 
-func (a *tagAttrs) reset() { *a = tagAttrs{} }
+// tagAttrs holds the attributes pixelrelay looks at. The first occurrence
+// of a name wins, as in the tokenizer and in browsers. Later duplicates of
+// removable attributes are kept in dups: browsers ignore them only as long
+// as the first one is there, so removing it must remove them too.
+type tagAttrs struct {
+	src, srcset, background, style, poster, data, href, rel, typ, width, height, hidden, xlinkHref attrSpan
+	dups                                                                                           []attrDup
+}
+
+func (a *tagAttrs) reset() { *a = tagAttrs{dups: a.dups[:0]} }
 
 // parseAttrs parses the start tag view[ts:te].
 func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
@@ -98,19 +121,20 @@ func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 			nameBuf[k] = c
 		}
 		var dst *attrSpan
+		rem := notRemovable
 		switch string(nameBuf[:n]) {
 		case "src":
-			dst = &out.src
+			dst, rem = &out.src, remSrc
 		case "srcset":
-			dst = &out.srcset
+			dst, rem = &out.srcset, remSrcset
 		case "background":
-			dst = &out.background
+			dst, rem = &out.background, remBackground
 		case "style":
 			dst = &out.style
 		case "poster":
-			dst = &out.poster
+			dst, rem = &out.poster, remPoster
 		case "data":
-			dst = &out.data
+			dst, rem = &out.data, remData
 		case "href":
 			dst = &out.href
 		case "rel":
@@ -126,8 +150,12 @@ func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 		case "xlink:href":
 			dst = &out.xlinkHref
 		}
-		if dst != nil && !dst.ok {
-			*dst = attrSpan{ok: true, start: wsStart, end: end, vs: vs, ve: ve}
+		switch {
+		case dst == nil:
+		case !dst.ok:
+			*dst = attrSpan{ok: true, name: rem, start: wsStart, end: end, vs: vs, ve: ve}
+		case rem != notRemovable:
+			out.dups = append(out.dups, attrDup{name: rem, start: wsStart, end: end})
 		}
 	}
 }

@@ -58,6 +58,7 @@ func TestCorpus(t *testing.T) {
 		"spamscope-mail-parser/tests/mails/mail_test_5": {"cid:FWMAIL0d11ff4c87dfeab6cd1051bab808f635"},
 	}
 	n := 0
+	visited := map[string]bool{}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -68,6 +69,7 @@ func TestCorpus(t *testing.T) {
 			return nil
 		}
 		n++
+		visited[filepath.ToSlash(rel)] = true
 		in := corpusMessage(t, path)
 		out, rep := rewriteBytes(t, e, in, Decision{Action: Strip, Recipients: []string{"reader@example.fr"}})
 		if len(rep.Trackers) == 0 && !bytes.Equal(in, out) {
@@ -106,5 +108,13 @@ func TestCorpus(t *testing.T) {
 	}
 	if n < 50 {
 		t.Fatalf("only %d corpus files found", n)
+	}
+	// A check whose file was renamed or removed would otherwise vanish.
+	for _, m := range []map[string][]string{known, keep} {
+		for rel := range m {
+			if !visited[rel] {
+				t.Errorf("%s is not in the corpus at %s any more; its pixel checks did not run (update the name)", rel, dir)
+			}
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"unicode"
 )
 
 // Reason codes, as pinned in CONTRACTS.md (scan --json "reasons").
@@ -47,20 +48,79 @@ const (
 const repeatLimit = 5
 
 // cleanURL turns a raw attribute value into the URL a client would fetch:
-// entities unescaped, surrounding whitespace dropped, and tabs and newlines
-// inside removed (as the WHATWG URL parser does). It returns "" for
-// anything that is not a remote http(s) URL after resolving against base.
+// character references undone, then parsed as absURL does. It returns ""
+// for anything that is not a remote http(s) URL after resolving against
+// base.
 func cleanURL(raw []byte, base string) string {
 	raw = trimSpaceBytes(raw)
 	if len(raw) == 0 {
 		return ""
 	}
-	var s string
 	if bytes.IndexByte(raw, '&') >= 0 {
-		s = html.UnescapeString(string(raw))
-	} else {
-		s = string(raw)
+		return absURL(html.UnescapeString(string(raw)), base)
 	}
+	return absURL(string(raw), base)
+}
+
+// absURL parses s the way the WHATWG URL parser does for a document whose
+// base URL is base (an http(s) page when base is ""), and returns the
+// absolute http(s) URL it fetches, or "" when it fetches nothing remote.
+// Browsers repair malformed http(s) URLs and fetch them, so the repairs
+// are made here too: C0 controls and spaces around the URL are dropped,
+// tabs and newlines inside it removed, "\" read as "/" before the query,
+// and any run of slashes after "http(s):" skipped ("https:t.example/o.gif"
+// and "https:\\t.example\o.gif" both fetch https://t.example/o.gif).
+// A URL already in canonical form is returned as it is.
+func absURL(s, base string) string {
+	s = cleanURLString(s)
+	if s == "" {
+		return ""
+	}
+	scheme := schemeOf(s)
+	rest := s[len(scheme):]
+	switch {
+	case scheme == "":
+		if len(rest) < 2 || !isURLSlash(rest[0]) || !isURLSlash(rest[1]) {
+			return resolveRef(base, s)
+		}
+		// Scheme-relative: the document's scheme.
+		scheme = "https"
+		if bs := schemeOf(base); strings.EqualFold(bs, "http") {
+			scheme = "http"
+		}
+	case strings.EqualFold(scheme, "http"), strings.EqualFold(scheme, "https"):
+		rest = rest[1:] // the ':'
+		if (len(rest) < 2 || !isURLSlash(rest[0]) || !isURLSlash(rest[1])) && base != "" && strings.EqualFold(schemeOf(base), scheme) {
+			// "https:o.gif" on an https page is relative to the page.
+			return resolveRef(base, rest)
+		}
+	default:
+		return "" // cid:, data:, mailto: and the like fetch nothing remote
+	}
+	n := 0
+	for n < len(rest) && isURLSlash(rest[n]) {
+		n++
+	}
+	rest = rest[n:]
+	if rest == "" || rest[0] == '?' || rest[0] == '#' {
+		return "" // no host: the parser fails
+	}
+	fixed := slashesBeforeQuery(rest)
+	if n == 2 && len(s) > len(scheme)+3 && s[len(scheme):len(scheme)+3] == "://" && len(fixed) == len(rest) && fixed == rest {
+		return s
+	}
+	return lowerASCII(scheme) + "://" + fixed
+}
+
+// cleanURLString drops what the URL parser drops before it starts: C0
+// controls and spaces at either end (other Unicode spaces too, which only
+// errs towards judging a URL), and every tab and newline. A NUL became
+// U+FFFD in the HTML or CSS tokenizer, so it is no control any more.
+func cleanURLString(s string) string {
+	if strings.IndexByte(s, 0) >= 0 {
+		s = strings.ReplaceAll(s, "\x00", "\uFFFD")
+	}
+	s = strings.TrimFunc(s, func(r rune) bool { return r <= ' ' || unicode.IsSpace(r) })
 	if strings.ContainsAny(s, "\t\n\r") {
 		s = strings.Map(func(r rune) rune {
 			if r == '\t' || r == '\n' || r == '\r' {
@@ -69,18 +129,28 @@ func cleanURL(raw []byte, base string) string {
 			return r
 		}, s)
 	}
-	s = strings.TrimSpace(s)
-	return absURL(s, base)
+	return s
 }
 
-func absURL(s, base string) string {
-	switch {
-	case hasPrefixFold(s, "https://"), hasPrefixFold(s, "http://"):
-		return s
-	case strings.HasPrefix(s, "//"):
-		return "https:" + s
+func isURLSlash(c byte) bool { return c == '/' || c == '\\' }
+
+// slashesBeforeQuery turns every "\" before the query or fragment into "/",
+// as the parser does for http(s) URLs.
+func slashesBeforeQuery(s string) string {
+	end := strings.IndexAny(s, "?#")
+	if end < 0 {
+		end = len(s)
 	}
-	if base == "" || schemeOf(s) != "" {
+	if strings.IndexByte(s[:end], '\\') < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s[:end], "\\", "/") + s[end:]
+}
+
+// resolveRef resolves a relative reference against base; "" when there is
+// no base or the result is not http(s).
+func resolveRef(base, ref string) string {
+	if base == "" || schemeOf(ref) != "" {
 		// cid:, data:, mailto: and relative URLs without a <base> fetch
 		// nothing remote.
 		return ""
@@ -89,7 +159,7 @@ func absURL(s, base string) string {
 	if err != nil {
 		return ""
 	}
-	r, err := url.Parse(s)
+	r, err := url.Parse(slashesBeforeQuery(ref))
 	if err != nil {
 		return ""
 	}

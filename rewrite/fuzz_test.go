@@ -1,8 +1,10 @@
 package rewrite
 
 import (
+	"bufio"
 	"bytes"
 	"io"
+	"mime"
 	"mime/quotedprintable"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/textproto"
 )
 
 // leafPart is a non-HTML leaf as go-message decodes it.
@@ -80,6 +83,16 @@ func checkInvariants(t *testing.T, e *Engine, in []byte, d Decision) {
 	if len(krep.Trackers) != len(rep.Trackers) {
 		t.Fatalf("Keep found %d trackers, %s %d", len(krep.Trackers), d.Action, len(rep.Trackers))
 	}
+	// LF in, LF out (CONTRACTS.md): nothing inserted or re-encoded may
+	// bring a CR into a message that had none.
+	if bytes.IndexByte(in, '\r') < 0 && bytes.IndexByte(out, '\r') >= 0 {
+		t.Fatalf("LF-only input gave CR in the output:\n%q", out)
+	}
+	// Every quoted-printable line the rewrite wrote is at most 76
+	// characters (RFC 2045); longer ones can only be copies of input lines.
+	if long := newLongQPLines(in, out); len(long) > 0 {
+		t.Fatalf("quoted-printable lines over 76 characters: %q", long)
+	}
 	// Idempotent.
 	again, _ := rewriteBytes(t, e, out, d)
 	if !bytes.Equal(again, out) {
@@ -117,6 +130,47 @@ func checkInvariants(t *testing.T, e *Engine, in []byte, d Decision) {
 			}
 		}
 	}
+}
+
+// newLongQPLines returns the lines of out's quoted-printable parts that are
+// longer than 76 characters and are not lines of in. It reads the MIME
+// structure with go-message's textproto, which keeps bodies encoded; what
+// it cannot parse it does not check.
+func newLongQPLines(in, out []byte) []string {
+	old := map[string]bool{}
+	for _, l := range bytes.Split(in, []byte("\n")) {
+		old[string(bytes.TrimSuffix(l, []byte("\r")))] = true
+	}
+	var long []string
+	var walk func(h textproto.Header, body io.Reader, depth int)
+	walk = func(h textproto.Header, body io.Reader, depth int) {
+		mt, params, _ := mime.ParseMediaType(h.Get("Content-Type"))
+		if strings.HasPrefix(mt, "multipart/") && params["boundary"] != "" && depth < 10 {
+			mr := textproto.NewMultipartReader(body, params["boundary"])
+			for {
+				p, err := mr.NextPart()
+				if err != nil {
+					return
+				}
+				walk(p.Header, p, depth+1)
+			}
+		}
+		if parseCTE(h.Get("Content-Transfer-Encoding")) != cteQP {
+			return
+		}
+		b, _ := io.ReadAll(body)
+		for _, l := range bytes.Split(b, []byte("\n")) {
+			l = bytes.TrimSuffix(l, []byte("\r"))
+			if len(l) > 76 && !old[string(l)] {
+				long = append(long, string(l))
+			}
+		}
+	}
+	br := bufio.NewReader(bytes.NewReader(out))
+	if h, err := textproto.ReadHeader(br); err == nil {
+		walk(h, br, 0)
+	}
+	return long
 }
 
 var fuzzEngine = func() *Engine {

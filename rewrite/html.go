@@ -3,6 +3,8 @@ package rewrite
 import (
 	"bytes"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/net/html"
 	"golang.org/x/net/html/atom"
@@ -16,6 +18,10 @@ const (
 	refAttr                  // the attribute goes (background, poster, VML src, ...)
 	refSrcset                // one srcset candidate goes (see srcsetGroup)
 	refCSS                   // the CSS declaration or @import rule goes
+	// refDup is a later duplicate of a removed attribute: it goes with
+	// the attribute (refAttr: when url is a tracker; refSrcset group:
+	// when the whole srcset goes). It is not an occurrence of a URL.
+	refDup
 )
 
 // ref is one remote URL occurrence in a part's HTML.
@@ -47,6 +53,7 @@ type elem struct {
 // element).
 type srcsetGroup struct {
 	attrStart, attrEnd int
+	refStart, refEnd   int // the group's entries in htmlScan.refs
 	elem               int32
 	n                  int
 	removeElem         bool
@@ -119,7 +126,17 @@ func (s *htmlScan) run(start, end int) {
 		ts := pos
 		pos += len(z.Raw())
 		te := pos
-		if s.depth == 0 && dataStateAfter(tt, rawCtx, s.view[ts:te]) {
+		var name []byte
+		var a atom.Atom
+		switch tt {
+		case html.StartTagToken, html.SelfClosingTagToken:
+			name = tagName(s.view[ts+1:te], &nameBuf)
+			a = atom.Lookup(name)
+		case html.EndTagToken:
+			name = tagName(s.view[ts+2:te], &nameBuf)
+			a = atom.Lookup(name)
+		}
+		if s.depth == 0 && dataStateAfter(tt, rawCtx, a, s.view[ts:te]) {
 			s.tokEnd = te
 		}
 		switch tt {
@@ -134,13 +151,10 @@ func (s *htmlScan) run(start, end int) {
 			}
 			rawCtx = 0
 		case html.StartTagToken, html.SelfClosingTagToken:
-			name := tagName(s.view[ts+1:te], &nameBuf)
-			a := atom.Lookup(name)
 			s.startTag(a, name, ts, te, tt == html.StartTagToken)
 			rawCtx = a
 		case html.EndTagToken:
-			name := tagName(s.view[ts+2:te], &nameBuf)
-			s.endTag(atom.Lookup(name), name, ts, te)
+			s.endTag(a, name, ts, te)
 			rawCtx = 0
 		case html.CommentToken:
 			s.comment(ts, te)
@@ -152,16 +166,16 @@ func (s *htmlScan) run(start, end int) {
 }
 
 // dataStateAfter reports whether the tokenizer is back in its data state
-// after a token. rawCtx is the element whose raw text a text token is.
-func dataStateAfter(tt html.TokenType, rawCtx atom.Atom, raw []byte) bool {
+// after a token. rawCtx is the element whose raw text a text token is; tag
+// is a start tag's element.
+func dataStateAfter(tt html.TokenType, rawCtx, tag atom.Atom, raw []byte) bool {
 	switch tt {
 	case html.TextToken:
 		return !opensRawText(rawCtx)
 	case html.StartTagToken, html.SelfClosingTagToken:
-		// The caller has not yet seen the name; a raw-text element's start
-		// tag is followed by its raw text, so it is not a safe point.
-		var buf [32]byte
-		return !opensRawText(atom.Lookup(tagName(raw[1:], &buf)))
+		// A raw-text element's start tag is followed by its raw text, so
+		// it is not a safe point.
+		return !opensRawText(tag)
 	case html.EndTagToken, html.DoctypeToken:
 		return true
 	case html.CommentToken:
@@ -253,14 +267,63 @@ func (s *htmlScan) comment(ts, te int) {
 }
 
 // mayFetch reports whether markup could hold a resource reference: an
-// attribute or property that loads something, or a style element.
+// attribute or property that loads something, or a style element. HTML
+// names and CSS functions are case-insensitive, and a style attribute may
+// spell its parenthesis as a character reference (url&#40;), so the words
+// are matched in any case and without what may follow them.
 func mayFetch(b []byte) bool {
-	for _, k := range [...]string{"src", "SRC", "Src", "url(", "URL(", "Url(", "ackground", "ACKGROUND", "<style", "<STYLE", "<link", "<LINK", "data=", "DATA=", "poster", "POSTER"} {
-		if bytes.Contains(b, []byte(k)) {
+	for _, k := range [...]string{"src", "url", "background", "<style", "<link", "data", "poster"} {
+		if containsFold(b, k) {
 			return true
 		}
 	}
 	return false
+}
+
+// containsFold reports whether b contains needle, ignoring ASCII case;
+// needle must be lower case. The pre-filters on the hot path use it, so it
+// finds candidates for the first byte with IndexByte, in both cases, and
+// never searches the same stretch twice.
+func containsFold(b []byte, needle string) bool {
+	n := len(needle)
+	if n == 0 {
+		return true
+	}
+	lo, up := needle[0], needle[0]
+	if lo >= 'a' && lo <= 'z' {
+		up = lo - ('a' - 'A')
+	}
+	rest := needle[1:]
+	last := len(b) - n // the last offset where needle can start
+	nextLo, nextUp := -1, -1
+	if lo == up {
+		nextUp = len(b) // one search serves both
+	}
+	for i := 0; i <= last; {
+		if nextLo < i {
+			nextLo = indexByteFrom(b, lo, i)
+		}
+		if nextUp < i {
+			nextUp = indexByteFrom(b, up, i)
+		}
+		j := min(nextLo, nextUp)
+		if j > last {
+			return false
+		}
+		if hasPrefixFoldBytes(b[j+1:], rest) {
+			return true
+		}
+		i = j + 1
+	}
+	return false
+}
+
+// indexByteFrom is the offset of the first c in b at or after i, or len(b).
+func indexByteFrom(b []byte, c byte, i int) int {
+	if k := bytes.IndexByte(b[i:], c); k >= 0 {
+		return i + k
+	}
+	return len(b)
 }
 
 const maxEndTagSearch = 256
@@ -303,11 +366,13 @@ func (s *htmlScan) startTag(a atom.Atom, name []byte, ts, te int, open bool) {
 			need = true
 		}
 	}
-	hasParen := bytes.IndexByte(tag, '(') >= 0
+	// A style attribute can load something only through a parenthesis,
+	// which it may also write as a character reference (url&#40;).
+	hasParen := bytes.IndexByte(tag, '(') >= 0 || bytes.IndexByte(tag, '&') >= 0 && containsFold(tag, "style")
 	hasBg := false
 	switch a {
 	case atom.Body, atom.Table, atom.Td, atom.Th, atom.Tr, atom.Div:
-		hasBg = bytes.Contains(tag, []byte("ackground")) || bytes.Contains(tag, []byte("ACKGROUND"))
+		hasBg = containsFold(tag, "background")
 	}
 	elemIdx := int32(-1)
 	if need || hasParen || hasBg {
@@ -334,7 +399,7 @@ func (s *htmlScan) startTag(a atom.Atom, name []byte, ts, te int, open bool) {
 		case atom.Source:
 			if at.srcset.ok {
 				idx := s.newElem(ts, te, false)
-				s.srcset(at.srcset, idx, !at.src.ok)
+				s.srcset(at.srcset, idx, !at.src.ok, s.imageSignals())
 			}
 			s.attrRef(at.src, VectorVideo)
 		case atom.Object:
@@ -435,14 +500,15 @@ func (s *htmlScan) imgLike(ts, te int, vector string, src attrSpan, beaconable b
 		return -1
 	}
 	idx := s.newElem(ts, te, beaconable)
-	r := s.imageSignals()
+	sig := s.imageSignals()
 	if srcURL != "" {
+		r := sig
 		r.url, r.vector, r.kind, r.elem, r.group = srcURL, vector, refElem, idx, -1
 		s.refs = append(s.refs, r)
 	}
 	if at.srcset.ok {
 		empty := !src.ok || len(trimSpaceBytes(s.view[src.vs:src.ve])) == 0
-		s.srcset(at.srcset, idx, empty)
+		s.srcset(at.srcset, idx, empty, sig)
 	}
 	return idx
 }
@@ -516,11 +582,11 @@ func (s *htmlScan) ancestorVisibility() int8 {
 	return vis
 }
 
-// srcset records each candidate URL of a srcset attribute.
-func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool) {
+// srcset records each candidate URL of a srcset attribute; sig is the
+// element's imageSignals.
+func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool, sig ref) {
 	g := int32(len(s.groups))
-	s.groups = append(s.groups, srcsetGroup{attrStart: a.start, attrEnd: a.end, elem: elemIdx, removeElem: removeElem})
-	sig := s.imageSignals()
+	s.groups = append(s.groups, srcsetGroup{attrStart: a.start, attrEnd: a.end, refStart: len(s.refs), elem: elemIdx, removeElem: removeElem})
 	v := s.view
 	type cand struct{ us, ue, end int }
 	var cands [16]cand
@@ -576,6 +642,8 @@ func (s *htmlScan) srcset(a attrSpan, elemIdx int32, removeElem bool) {
 		s.refs = append(s.refs, r)
 		s.groups[g].n++
 	}
+	s.dupRefs(remSrcset, "", g)
+	s.groups[g].refEnd = len(s.refs)
 }
 
 // attrRef records a URL-valued attribute whose removal takes just the
@@ -589,6 +657,17 @@ func (s *htmlScan) attrRef(a attrSpan, vector string) {
 		return
 	}
 	s.refs = append(s.refs, ref{url: u, vector: vector, kind: refAttr, elem: -1, group: -1, start: a.start, end: a.end})
+	s.dupRefs(a.name, u, -1)
+}
+
+// dupRefs records the later duplicates of a removable attribute of the tag
+// in s.attrs, so that they go when it goes.
+func (s *htmlScan) dupRefs(name removable, u string, group int32) {
+	for _, d := range s.attrs.dups {
+		if d.name == name {
+			s.refs = append(s.refs, ref{url: u, kind: refDup, elem: -1, group: group, start: d.start, end: d.end})
+		}
+	}
 }
 
 func (s *htmlScan) cssRefs(vs, ve int, attr bool) {
@@ -609,17 +688,52 @@ func (s *htmlScan) styleBlock(ts, te int) { s.cssRefs(ts, te, false) }
 func cleanCSSURL(raw []byte, base string) string {
 	raw = trimSpaceBytes(raw)
 	if bytes.IndexByte(raw, '\\') >= 0 {
-		out := make([]byte, 0, len(raw))
-		for i := 0; i < len(raw); i++ {
-			if raw[i] == '\\' && i+1 < len(raw) && !isHex(raw[i+1]) {
-				i++
-			}
-			out = append(out, raw[i])
-		}
-		raw = out
+		raw = unescapeCSS(raw)
 	}
 	if len(raw) == 0 {
 		return ""
 	}
-	return absURL(strings.TrimSpace(string(raw)), base)
+	return absURL(string(raw), base)
+}
+
+// unescapeCSS undoes CSS escapes as the CSS tokenizer does: "\\" followed
+// by up to six hex digits (and one optional whitespace) is that code point,
+// by a newline is nothing, by anything else is that character.
+func unescapeCSS(raw []byte) []byte {
+	out := make([]byte, 0, len(raw))
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if c != '\\' || i+1 == len(raw) {
+			out = append(out, c)
+			continue
+		}
+		i++
+		switch c = raw[i]; {
+		case c == '\n' || c == '\f':
+		case c == '\r':
+			if i+1 < len(raw) && raw[i+1] == '\n' {
+				i++
+			}
+		case isHex(c):
+			var r rune
+			k := i
+			for ; k < len(raw) && k-i < 6 && isHex(raw[k]); k++ {
+				r = r<<4 | rune(unhex(raw[k]))
+			}
+			if k < len(raw) && isSpace(raw[k]) {
+				if raw[k] == '\r' && k+1 < len(raw) && raw[k+1] == '\n' {
+					k++
+				}
+				k++
+			}
+			if r == 0 || r > unicode.MaxRune || r >= 0xD800 && r <= 0xDFFF {
+				r = utf8.RuneError
+			}
+			out = utf8.AppendRune(out, r)
+			i = k - 1
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
 }

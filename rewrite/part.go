@@ -113,7 +113,7 @@ func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, c
 	case cteIdentity:
 		out = applyEdits(m.outBuf[:0], body, edits)
 	case cteQP:
-		out = qpApply(m.outBuf[:0], body, dec, m.qpLines, edits, eolOf(body), m.scratch[:0])
+		out = qpApply(m.outBuf[:0], body, dec, m.qpLines, edits, eolOf(body, m.hdr), m.scratch[:0])
 	case cteBase64:
 		m.scratch = applyEdits(m.scratch[:0], dec, edits)
 		out = b64Encode(m.outBuf[:0], m.scratch, lay)
@@ -131,7 +131,7 @@ func (m *msgState) aggregate(s *htmlScan) {
 	m.aggs = m.aggs[:0]
 	for i := range s.refs {
 		r := &s.refs[i]
-		if m.e.isOwn(r.url) {
+		if r.kind == refDup || m.e.isOwn(r.url) {
 			continue
 		}
 		j, ok := m.aggIdx[r.url]
@@ -154,12 +154,9 @@ func (m *msgState) aggregate(s *htmlScan) {
 	}
 }
 
-func (m *msgState) isTracker(u string) bool {
-	if m.e.isOwn(u) {
-		return false
-	}
-	return m.decided[u].tracker
-}
+// isTracker is the verdict on a URL. Own URLs never get one (aggregate
+// skips them), so they are never trackers.
+func (m *msgState) isTracker(u string) bool { return m.decided[u].tracker }
 
 // buildEdits turns the verdicts into edits on the view, sorted and merged.
 // With a beacon, the first removed <img> in the body (outside <head> and
@@ -194,9 +191,14 @@ func (m *msgState) buildEdits(s *htmlScan, beacon []byte) ([]edit, string) {
 			removed[grp.elem] = true
 		case hits[g] == grp.n:
 			edits = append(edits, edit{start: grp.attrStart, end: grp.attrEnd})
+			for i := grp.refStart; i < grp.refEnd; i++ {
+				if r := &s.refs[i]; r.kind == refDup {
+					edits = append(edits, edit{start: r.start, end: r.end})
+				}
+			}
 		default:
-			for i := range s.refs {
-				if r := &s.refs[i]; r.kind == refSrcset && int(r.group) == g && m.isTracker(r.url) {
+			for i := grp.refStart; i < grp.refEnd; i++ {
+				if r := &s.refs[i]; r.kind == refSrcset && m.isTracker(r.url) {
 					edits = append(edits, edit{start: r.start, end: r.end})
 				}
 			}
@@ -284,12 +286,17 @@ func (m *msgState) buildEdits(s *htmlScan, beacon []byte) ([]edit, string) {
 	return merged, beaconRef
 }
 
-// eolOf returns the line ending a body uses (CRLF when it has none).
-func eolOf(b []byte) string {
-	if i := bytes.IndexByte(b, '\n'); i > 0 && b[i-1] != '\r' {
-		return "\n"
-	} else if i == 0 {
-		return "\n"
+// eolOf returns the line ending a body uses. A body without a line break
+// takes its header's (a one-line part of an LF message is still LF), and
+// only a part with neither gets CRLF, the MIME default.
+func eolOf(body, hdr []byte) string {
+	for _, b := range [2][]byte{body, hdr} {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			if i > 0 && b[i-1] == '\r' {
+				return "\r\n"
+			}
+			return "\n"
+		}
 	}
 	return "\r\n"
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -384,5 +385,140 @@ func TestRepeatedURLIsLayout(t *testing.T) {
 		if len(rep.Trackers) != want {
 			t.Errorf("%d repeats: %d trackers, want %d", n, len(rep.Trackers), want)
 		}
+	}
+}
+
+// TestDuplicateAttributeStaysDead: a browser uses the first of two
+// attributes with the same name and ignores the rest. Removing a tracker
+// attribute must not bring a later duplicate to life, tracker or not: the
+// element must end up as if it had no such attribute at all.
+func TestDuplicateAttributeStaysDead(t *testing.T) {
+	const px1, px2 = "https://ea.pstmrk.it/open?m=1", "https://ea.pstmrk.it/open?m=2"
+	tests := []struct{ in, want string }{
+		{`<td background="` + px1 + `" background="` + px2 + `">x</td>`, `<td>x</td>`},
+		{`<td background="` + px1 + `" BACKGROUND='https://cdn.example/bg.png' class=c>x</td>`, `<td class=c>x</td>`},
+		{`<video poster="` + px1 + `" width="320" poster="https://cdn.example/p.png"></video>`, `<video width="320"></video>`},
+		{`<v:fill type="frame" src="` + px1 + `" SRC="` + px2 + `" srC=` + px2 + ` />`, `<v:fill type="frame" />`},
+		{`<iframe src="` + px1 + `" src="https://cdn.example/frame.html"></iframe>`, `<iframe></iframe>`},
+		{`<embed src="` + px1 + `" src="` + px2 + `">`, `<embed>`},
+		{`<object data="` + px1 + `" data="` + px2 + `"></object>`, `<object></object>`},
+		{`<audio src="` + px1 + `" src="` + px2 + `"></audio>`, `<audio></audio>`},
+		// A srcset whose candidates are all trackers goes, and its
+		// duplicates with it.
+		{`<img src="cid:logo" srcset="` + px1 + ` 1x" alt="a" srcset="` + px2 + ` 1x, https://cdn.example/a.png 2x">`, `<img src="cid:logo" alt="a">`},
+		// A later duplicate of an attribute that stays is dead and stays.
+		{`<td background="https://cdn.example/bg.png" background="` + px1 + `">x</td>`, `<td background="https://cdn.example/bg.png" background="` + px1 + `">x</td>`},
+	}
+	e := newEngine(t, Options{})
+	for i, tt := range tests {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			in := htmlMessage("7bit", "<p>hi</p>"+tt.in)
+			out, rep := rewriteBytes(t, e, []byte(in), Decision{Action: Strip})
+			if want := htmlMessage("7bit", "<p>hi</p>"+tt.want); string(out) != want {
+				t.Fatalf("%s\n%s\n(trackers %+v)", tt.in, firstDiff([]byte(want), out), rep.Trackers)
+			}
+			checkInvariants(t, e, []byte(in), Decision{Action: Strip})
+		})
+	}
+}
+
+func TestContainsFold(t *testing.T) {
+	tests := []struct {
+		b, needle string
+		want      bool
+	}{
+		{"<td BACKGROUND=x>", "background", true},
+		{"<td bAckGround=x>", "background", true},
+		{"<td backgroun", "background", false},
+		{"xxxxxxxxxxbackground", "background", true}, // at the very end
+		{"sRsRsRc", "src", true},                     // earlier candidates of both cases fail
+		{"SsSsSsS", "src", false},
+		{"<LINK rel=x>", "<link", true},
+		{"a<b<c<STYLE>", "<style", true},
+		{"", "src", false},
+		{"url", "url", true},
+	}
+	for _, tt := range tests {
+		if got := containsFold([]byte(tt.b), tt.needle); got != tt.want {
+			t.Errorf("containsFold(%q, %q) = %v, want %v", tt.b, tt.needle, got, tt.want)
+		}
+	}
+}
+
+// TestURLFormsBrowsersFetch: the WHATWG URL parser repairs many malformed
+// http(s) URLs, and so fetches them; each must be judged as the URL that
+// is fetched, and non-remote ones not at all.
+func TestURLFormsBrowsersFetch(t *testing.T) {
+	const want = "https://t.example/o.gif"
+	tests := []struct{ src, url string }{
+		{`https://t.example/o.gif`, want},
+		{`https:\\t.example\o.gif`, want}, // WebKit, Blink and Gecko alike
+		{`https:/t.example/o.gif`, want},
+		{`https:t.example/o.gif`, want},
+		{`https:///t.example/o.gif`, want},
+		{`https://t.example\o.gif`, want},
+		{"\x01https://t.example/o.gif\x1f", want}, // C0 controls around the URL are dropped
+		{`&#1;https://t.example/o.gif`, want},
+		{"ht\ttps://t.exa\nmple/o.gif", want},
+		{`\\t.example/o.gif`, want}, // scheme-relative, with either slash
+		{`/\t.example/o.gif`, want},
+		{`HTTP:\\t.example\o.gif?q=a\b`, `http://t.example/o.gif?q=a\b`}, // "\" is a "/" only before the query
+		{`https:`, ""},
+		{`https:///`, ""},
+		{`https://?x`, ""},
+		{`cid:o.gif@t.example`, ""},
+		{`/o.gif`, ""}, // relative, and there is no <base>
+	}
+	e := newEngine(t, Options{})
+	for _, tt := range tests {
+		body := `<p>hi</p><img src="` + tt.src + `" width="1" height="1">`
+		_, rep := rewriteBytes(t, e, []byte(htmlMessage("7bit", body)), Decision{Action: Keep})
+		got := ""
+		if len(rep.Trackers) == 1 {
+			got = rep.Trackers[0].URL
+		} else if len(rep.Trackers) > 1 {
+			got = fmt.Sprint(rep.Trackers)
+		}
+		if got != tt.url {
+			t.Errorf("src=%q: judged as %q, want %q", tt.src, got, tt.url)
+		}
+	}
+	// With a <base>, "https:o.gif" is relative to it, as the parser says
+	// for a URL of the same scheme as its base.
+	_, rep := rewriteBytes(t, e, []byte(htmlMessage("7bit", `<base href="https://t.example/">`+
+		`<img src="https:o.gif" width="1" height="1">`)), Decision{Action: Keep})
+	if len(rep.Trackers) != 1 || rep.Trackers[0].URL != want {
+		t.Errorf("https:o.gif under <base href=https://t.example/>: %+v", rep.Trackers)
+	}
+	// CSS undoes its own escapes first: "\\" is a backslash, "\68" an h.
+	const px = "https://ea.pstmrk.it/open?m=1"
+	for _, css := range []string{`url(https:\\ea.pstmrk.it\\open?m=1)`, `url(\68ttps://ea.pstmrk.it/open?m=1)`, `url('\000068 ttps://ea.pstmrk.it/open?m=1')`} {
+		body := `<div style="background:` + css + `">x</div>`
+		_, rep := rewriteBytes(t, e, []byte(htmlMessage("7bit", body)), Decision{Action: Keep})
+		if len(rep.Trackers) != 1 || rep.Trackers[0].URL != px {
+			t.Errorf("style %s: trackers %+v, want %s", css, rep.Trackers, px)
+		}
+	}
+}
+
+// TestQPRewrapKeepsLF: a quoted-printable HTML body without a line break
+// of its own takes its line ending from the part header when a re-encoded
+// line needs a soft break; an LF message must not get a CR.
+func TestQPRewrapKeepsLF(t *testing.T) {
+	body := "<p>" + strings.Repeat("a", 70) + "</p><img src=3D\"https://ea.pstmrk.it/open?m=3D1\" width=3D\"1\" height=3D\"1\"><p>" + strings.Repeat("b", 70) + "</p>"
+	in := strings.ReplaceAll(htmlMessage("quoted-printable", ""), "\r\n", "\n") + body
+	e := newEngine(t, Options{OwnURLPrefixes: []string{goldenOwn}})
+	for _, d := range []Decision{{Action: Strip}, {Action: Beacon, BeaconURL: goldenBeacon}} {
+		out, rep := rewriteBytes(t, e, []byte(in), d)
+		if !rep.Changed || bytes.Contains(out, []byte("pstmrk")) {
+			t.Fatalf("%s: tracker not removed: %q", d.Action, out)
+		}
+		if bytes.Contains(out, []byte("\r")) {
+			t.Errorf("%s: LF input gave CR in the output: %q", d.Action, out)
+		}
+		if !bytes.Contains(out, []byte("=\n")) {
+			t.Errorf("%s: the re-encoded line was not wrapped: %q", d.Action, out)
+		}
+		checkInvariants(t, e, []byte(in), d)
 	}
 }

@@ -238,18 +238,26 @@ func (w *walker) entity(path string, root bool, pending []byte, ctx partCtx) mat
 	return w.copyBody()
 }
 
+// bodyLine reads the next line of a body, and says which open multipart
+// it is a boundary line of (noMatch for content). ok is false at EOF.
+func (w *walker) bodyLine() (line []byte, mm match, ok bool) {
+	line, start, ok := w.lr.next()
+	if !ok || !start {
+		return line, noMatch, ok
+	}
+	return line, w.match(line), true
+}
+
 // copyBody copies lines up to the next boundary of an open multipart.
 func (w *walker) copyBody() match {
 	for {
-		line, start, ok := w.lr.next()
+		line, mm, ok := w.bodyLine()
 		if !ok {
 			return noMatch
 		}
-		if start {
-			if mm := w.match(line); mm.depth >= 0 {
-				w.saveTerm(line)
-				return mm
-			}
+		if mm.depth >= 0 {
+			w.saveTerm(line)
+			return mm
 		}
 		w.write(line)
 	}
@@ -264,26 +272,25 @@ func (w *walker) multipart(boundary, path string, ctx partCtx) match {
 	defer func() { w.bounds = w.bounds[:my] }()
 	where := path
 	for {
-		line, start, ok := w.lr.next()
+		line, mm, ok := w.bodyLine()
 		if !ok {
 			w.m.problem(where, "multipart has no boundary line; copied as it is")
 			return noMatch
 		}
-		if start {
-			if mm := w.match(line); mm.depth >= 0 {
-				if mm.depth != my {
-					w.saveTerm(line)
-					return mm
-				}
-				if mm.close {
-					w.write(line)
-					return w.epilogue(my)
-				}
-				w.saveTerm(line)
-				break
-			}
+		if mm.depth < 0 {
+			w.write(line) // the preamble
+			continue
 		}
-		w.write(line)
+		if mm.depth != my {
+			w.saveTerm(line)
+			return mm
+		}
+		if mm.close {
+			w.write(line)
+			return w.epilogue(my)
+		}
+		w.saveTerm(line)
+		break
 	}
 	for i := 1; ; i++ {
 		c := ctx
@@ -302,15 +309,13 @@ func (w *walker) multipart(boundary, path string, ctx partCtx) match {
 
 func (w *walker) epilogue(my int) match {
 	for {
-		line, start, ok := w.lr.next()
+		line, mm, ok := w.bodyLine()
 		if !ok {
 			return noMatch
 		}
-		if start {
-			if mm := w.match(line); mm.depth >= 0 && mm.depth < my {
-				w.saveTerm(line)
-				return mm
-			}
+		if mm.depth >= 0 && mm.depth < my { // an enclosing multipart's boundary
+			w.saveTerm(line)
+			return mm
 		}
 		w.write(line)
 	}
@@ -324,16 +329,14 @@ func (w *walker) htmlLeaf(path string, enc cte, charset string, amp bool, ctx pa
 	body := m.body[:0]
 	end := noMatch
 	for {
-		line, start, ok := w.lr.next()
+		line, mm, ok := w.bodyLine()
 		if !ok {
 			break
 		}
-		if start {
-			if mm := w.match(line); mm.depth >= 0 {
-				w.saveTerm(line)
-				end = mm
-				break
-			}
+		if mm.depth >= 0 {
+			w.saveTerm(line)
+			end = mm
+			break
 		}
 		body = append(body, line...)
 		if int64(len(body)) > m.e.maxHTML {

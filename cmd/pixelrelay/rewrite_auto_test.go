@@ -18,6 +18,21 @@ func runIn(t *testing.T, stdin []byte, args ...string) (int, []byte, string) {
 	return code, out.Bytes(), errb.String()
 }
 
+// newsletterWithPixel reads the test newsletter and makes sure it has the
+// tracking pixel the filter tests look for: without it, "the pixel is
+// gone" would hold for any output, an empty one included.
+func newsletterWithPixel(t *testing.T) []byte {
+	t.Helper()
+	msg, err := os.ReadFile("../../testdata/messages/newsletter.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(qpDecoded(msg), []byte(trackerURL)) {
+		t.Fatalf("testdata/messages/newsletter.eml no longer holds the pixel %s", trackerURL)
+	}
+	return msg
+}
+
 // Pipe mode: one run per recipient, the action follows that recipient's
 // consent, and any lookup failure strips without failing the delivery.
 func TestRewriteActionAuto(t *testing.T) {
@@ -25,7 +40,7 @@ func TestRewriteActionAuto(t *testing.T) {
 	if code, _, errs := runIn(t, nil, "consent", "grant", "bob@example.com", "--db", db, "--evidence", "form-1", "--text-version", "v1"); code != 0 {
 		t.Fatalf("grant: %s", errs)
 	}
-	msg, _ := os.ReadFile("../../testdata/messages/newsletter.eml")
+	msg := newsletterWithPixel(t)
 
 	code, out, errs := runIn(t, msg, "rewrite", "--action", "auto", "--db", db, "--recipient", "bob@example.com")
 	if code != 0 || !bytes.Equal(out, msg) {

@@ -114,6 +114,7 @@ func TestRewriteCommandExitCodes(t *testing.T) {
 		{"bad rules", nil, []string{"rewrite", "--rules", bad}, 1, "bad.rules:2:"},
 		{"good rules", strings.NewReader(msg), []string{"rewrite", "--rules", good}, 0, ""},
 		{"unreadable input", brokenReader{}, []string{"rewrite"}, 2, "input/output error"},
+		{"unreadable input for a beacon", brokenReader{}, []string{"rewrite", "--action", "beacon", "--beacon-base", "https://b.example", "--db", filepath.Join(dir, "b.db"), "--report", filepath.Join(dir, "r.json")}, 2, "input/output error"},
 		{"help", nil, []string{"rewrite", "--help"}, 0, "usage: pixelrelay rewrite"},
 	}
 	for _, tt := range tests {

@@ -20,7 +20,7 @@ import (
 	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
-const scanUsage = `usage: pixelrelay scan [--json] [--recipient ADDR]... [--rules FILE] PATH...
+const scanUsage = `usage: pixelrelay scan [--json] [--recipient ADDR]... [--rules FILE] [--beacon-base URL] PATH...
 
 Audits stored mail for open-tracking pixels without changing anything. A PATH
 is a message file (.eml), an mbox (first line "From "), a Maildir, a
@@ -30,25 +30,18 @@ or - for stdin.
 Without --json, prints a table of trackers and a summary; with --json, one
 JSON object per message per line (source, message_id, trackers, error).
 
+pixelrelay's own delivery beacons are not reported when the beacon base is
+known: --beacon-base, else PIXELRELAY_BEACON_BASE, else beacon_base in
+serve's configuration (--config FILE or PIXELRELAY_CONFIG).
+
 exit codes: 0 everything was read (trackers or not), 1 usage error,
 2 some input could not be read (the rest is still reported).
 
 flags:`
 
-// scanResult is what scanning one message produced. Results are plain data
-// so that any report writer (the table, JSON lines, and later the HTML
-// audit report) can consume them.
-type scanResult struct {
-	Source    string
-	MessageID string
-	Trackers  []rewrite.Finding
-	Problems  []string
-	Err       error
-}
-
 // scanSink receives results in input order.
 type scanSink interface {
-	add(r scanResult) error
+	add(r report.ScanResult) error
 	finish(s *scanSummary) error
 }
 
@@ -62,7 +55,7 @@ type scanSummary struct {
 	ByVendor     map[string]int
 }
 
-func (s *scanSummary) add(r scanResult) {
+func (s *scanSummary) add(r report.ScanResult) {
 	if r.Err != nil {
 		s.Unreadable++
 		return
@@ -91,6 +84,8 @@ func runScan(env *cmdEnv, args []string) int {
 	fs.Var(&rcpts, "recipient", "the recipient's address, which enables the recipient-identifier signal (repeatable)")
 	rulesPath := fs.String("rules", "", "extra tracker rules file, layered over the built-in rules")
 	htmlOut := fs.String("html", "", "also write a self-contained HTML audit report to FILE (- for stdout)")
+	beaconBase := fs.String("beacon-base", "", "public base URL of pixelrelay's delivery beacons, which are then not reported (or PIXELRELAY_BEACON_BASE, or beacon_base in --config)")
+	configPath := fs.String("config", "", "serve's YAML configuration, for beacon_base (or PIXELRELAY_CONFIG)")
 	paths, err := parseInterspersed(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -103,7 +98,17 @@ func runScan(env *cmdEnv, args []string) int {
 		fmt.Fprintln(env.stderr, scanUsage)
 		return 1
 	}
-	eng, err := newRewriteEngine(*rulesPath, "")
+	baseSet := false
+	fs.Visit(func(f *flag.Flag) { baseSet = baseSet || f.Name == "beacon-base" })
+	if !baseSet {
+		fc, err := loadFilterConfig(env, *configPath)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "pixelrelay scan: %v\n", err)
+			return 1
+		}
+		*beaconBase = fc.BeaconBase
+	}
+	eng, err := newRewriteEngine(*rulesPath, *beaconBase)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "pixelrelay scan: %v\n", err)
 		return 1
@@ -138,10 +143,10 @@ func runScan(env *cmdEnv, args []string) int {
 	sc.progress = newProgress(env.stderr, inputs)
 	sum := &scanSummary{ByVendor: map[string]int{}}
 	failed := false
-	emit := func(r scanResult) {
+	emit := func(r report.ScanResult) {
 		sum.add(r)
 		if htmlSum != nil {
-			htmlSum.AddScan(report.ScanResult{Source: r.Source, MessageID: r.MessageID, Trackers: r.Trackers, Problems: r.Problems, Err: r.Err})
+			htmlSum.AddScan(r)
 		}
 		if r.Err != nil {
 			fmt.Fprintf(env.stderr, "pixelrelay scan: %s: %v\n", r.Source, r.Err)
@@ -184,9 +189,9 @@ type scanner struct {
 	progress *progress
 }
 
-func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
+func (sc *scanner) scanInput(in scanInput, emit func(report.ScanResult)) {
 	if in.err != nil {
-		emit(scanResult{Source: in.path, Err: in.err})
+		emit(report.ScanResult{Source: in.path, Err: in.err})
 		return
 	}
 	var r io.Reader
@@ -195,7 +200,7 @@ func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
 	} else {
 		f, err := os.Open(in.path)
 		if err != nil {
-			emit(scanResult{Source: in.path, Err: err})
+			emit(report.ScanResult{Source: in.path, Err: err})
 			return
 		}
 		defer f.Close()
@@ -214,7 +219,7 @@ func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
 			emit(sc.scanOne(in.path+"#"+strconv.Itoa(i), msg))
 		}
 		if mb.err != nil {
-			emit(scanResult{Source: in.path, Err: mb.err})
+			emit(report.ScanResult{Source: in.path, Err: mb.err})
 		}
 	case kindHTML:
 		emit(sc.scanOne(in.path, htmlAsMessage(br)))
@@ -224,9 +229,9 @@ func (sc *scanner) scanInput(in scanInput, emit func(scanResult)) {
 	sc.progress.fileDone()
 }
 
-func (sc *scanner) scanOne(source string, r io.Reader) scanResult {
+func (sc *scanner) scanOne(source string, r io.Reader) report.ScanResult {
 	rep, err := sc.eng.Rewrite(io.Discard, r, rewrite.Decision{Action: rewrite.Keep, Recipients: sc.rcpts})
-	res := scanResult{Source: source, MessageID: rep.MessageID, Trackers: rep.Trackers, Problems: rep.Problems}
+	res := report.ScanResult{Source: source, MessageID: rep.MessageID, Trackers: rep.Trackers, Problems: rep.Problems}
 	if err != nil {
 		var ioe *rewrite.IOError
 		if errors.As(err, &ioe) {
@@ -243,7 +248,7 @@ func (sc *scanner) scanOne(source string, r io.Reader) scanResult {
 // jsonSink prints the CONTRACTS.md scan --json lines.
 type jsonSink struct{ w io.Writer }
 
-func (s *jsonSink) add(r scanResult) error {
+func (s *jsonSink) add(r report.ScanResult) error {
 	rec := messageRecord{Source: r.Source, MessageID: r.MessageID, Trackers: r.Trackers, Problems: r.Problems}
 	if rec.Trackers == nil {
 		rec.Trackers = []rewrite.Finding{}
@@ -267,7 +272,7 @@ func newTableSink(w io.Writer) *tableSink {
 	return &tableSink{w: w, tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
 }
 
-func (s *tableSink) add(r scanResult) error {
+func (s *tableSink) add(r report.ScanResult) error {
 	if s.rows == 0 && (r.Err != nil || len(r.Trackers) > 0) {
 		fmt.Fprintln(s.tw, "SOURCE\tPART\tVECTOR\tVENDOR\tREASONS\tURL")
 	}

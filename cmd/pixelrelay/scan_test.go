@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/pixelrelay/pixelrelay/beacon"
 )
 
 type scanLine struct {
@@ -188,6 +190,71 @@ func TestScanCorpus(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("%s: pixel %s not found: %+v", src, u, l)
+		}
+	}
+}
+
+// pixelrelay's own delivery beacons are not trackers: scan knows them by
+// the beacon base, from --beacon-base, PIXELRELAY_BEACON_BASE or the
+// config file, as serve and rewrite do.
+func TestScanSkipsOwnBeacons(t *testing.T) {
+	golden := filepath.Join("..", "..", "testdata", "rewrite", "beacon-img.golden")
+	own := "beacon.pixelrelay.test"
+	urls := func(out []byte) []string {
+		var hs []string
+		for _, l := range parseScanJSON(t, string(out)) {
+			for _, f := range l.Trackers {
+				hs = append(hs, f.URL)
+			}
+		}
+		return hs
+	}
+	// Without the base the beacon is a 1×1 image like any other, which
+	// also proves the fixture still holds one.
+	code, out, errs := runIn(t, nil, "scan", "--json", golden)
+	if code != 0 || !strings.Contains(strings.Join(urls(out), " "), own) {
+		t.Fatalf("without a beacon base: exit %d, trackers %v, %s; want the beacon reported", code, urls(out), errs)
+	}
+	cfg := filepath.Join(t.TempDir(), "pixelrelay.yaml")
+	write(t, cfg, []byte("beacon_base: https://beacon.pixelrelay.test/\nlisten: [\"127.0.0.1:2525\"]\n"))
+	for name, run := range map[string]func() (int, []byte, string){
+		"flag": func() (int, []byte, string) {
+			return runIn(t, nil, "scan", "--json", "--beacon-base", "https://beacon.pixelrelay.test", golden)
+		},
+		"env": func() (int, []byte, string) {
+			return runEnv(t, map[string]string{"PIXELRELAY_BEACON_BASE": "https://beacon.pixelrelay.test"}, nil, "scan", "--json", golden)
+		},
+		"config": func() (int, []byte, string) { return runIn(t, nil, "scan", "--json", "--config", cfg, golden) },
+	} {
+		code, out, errs := run()
+		if code != 0 || len(urls(out)) != 0 {
+			t.Errorf("%s: exit %d, trackers %v, %s; want none", name, code, urls(out), errs)
+		}
+	}
+}
+
+// The relay writes beacon URLs with beacon.JoinURL; the prefix scan and
+// rewrite recognise them by must be built the same way, or a base written
+// with extra trailing slashes makes pixelrelay flag its own beacons.
+func TestOwnBeaconPrefixMatchesJoinURL(t *testing.T) {
+	for _, base := range []string{"https://beacon.pixelrelay.test", "https://beacon.pixelrelay.test/", "https://beacon.pixelrelay.test//", "https://pixelrelay.test/px//"} {
+		u := beacon.JoinURL(base, "AbCdEf")
+		msg := "From: a@example.org\nSubject: x\nMIME-Version: 1.0\nContent-Type: text/html\n\n" +
+			`<p>hi</p><img src="` + u + `" width="1" height="1" alt="">` + "\n"
+		code, out, errs := runIn(t, []byte(msg), "scan", "--json", "--beacon-base", base, "-")
+		if code != 0 {
+			t.Fatalf("base %q: exit %d: %s", base, code, errs)
+		}
+		for _, l := range parseScanJSON(t, string(out)) {
+			if len(l.Trackers) != 0 {
+				t.Errorf("base %q: own beacon %s reported as a tracker: %+v", base, u, l.Trackers)
+			}
+		}
+		// Without the base the same image is a tracker, so the check
+		// above is not passing for want of a finding.
+		_, out, _ = runIn(t, []byte(msg), "scan", "--json", "-")
+		if l := parseScanJSON(t, string(out))["-"]; len(l.Trackers) != 1 {
+			t.Fatalf("base %q: without --beacon-base want the 1x1 image reported, got %+v", base, l.Trackers)
 		}
 	}
 }
