@@ -319,6 +319,12 @@ func (r *Relay) Close() error {
 	r.mu.Lock()
 	servers := r.servers
 	r.servers = nil
+	// go-smtp's Server.Close closes only the listeners its Serve has
+	// registered; a Close right after Start can come first, and that Serve
+	// would then accept forever. Closing our own listeners always ends it.
+	for _, l := range r.listeners {
+		l.ln.Close()
+	}
 	r.mu.Unlock()
 	for _, s := range servers {
 		s.Close()

@@ -6,6 +6,7 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 	"os"
 	"testing"
+	"time"
 )
 
 // An upstream whose 250 names no queue id must still give the client a
@@ -35,3 +36,22 @@ func dotless(b []byte) []byte {
 }
 
 func smtpErr(code int, text string) *gosmtp.SMTPError { return toSMTPError(code, text) }
+
+// serve stops the relay it just started when a later step of its start-up
+// fails (an HTTP port in use); that Close must return even when it comes
+// before the listener goroutines have begun to accept.
+func TestCloseRightAfterStartReturns(t *testing.T) {
+	for i := 0; i < 30; i++ {
+		h := newHarness(t, nil)
+		done := make(chan struct{})
+		go func() {
+			h.relay.Close()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: Close right after Start still waiting after 10 s: a listener goroutine never stopped", i)
+		}
+	}
+}
