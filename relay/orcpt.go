@@ -15,12 +15,14 @@ import (
 // ASCII, so go-smtp answers 501 before the session sees the RCPT, and
 // Postfix bounces that recipient: as a content filter, pixelrelay would
 // lose its mail. The meaning is unambiguous, so the connection wrapper
-// (filterCommands) passes it on in the form go-smtp accepts.
+// (trackedConn) passes it on in the form go-smtp accepts.
 func fixORCPTLine(line []byte) ([]byte, bool) {
 	if len(line) < 5 || !bytes.EqualFold(line[:5], []byte("RCPT ")) {
 		return line, false
 	}
-	up := bytes.ToUpper(line)
+	// Upper-case ASCII only: bytes.ToUpper changes the length of invalid
+	// UTF-8 and of letters such as ı or ſ, and i must index line.
+	up := asciiUpper(line)
 	i := bytes.Index(up, []byte(" ORCPT=RFC822;"))
 	if i < 0 {
 		return line, false
@@ -99,4 +101,15 @@ func utf8AddrUnitext(s string) string {
 		}
 	}
 	return b.String()
+}
+
+func asciiUpper(b []byte) []byte {
+	up := make([]byte, len(b))
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		up[i] = c
+	}
+	return up
 }
