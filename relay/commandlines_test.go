@@ -132,3 +132,36 @@ func TestMessageSentBefore354(t *testing.T) {
 		t.Errorf("the message was not relayed as sent; it ends upstream as:\n%q", lastN(msgs[0].Data, 100))
 	}
 }
+
+// data_timeout bounds a whole message, BDAT chunks included: go-smtp
+// restarts the command deadline at every BDAT line, so a client sending
+// small chunks, each well within command_timeout, would otherwise hold the
+// session (and the upstream transactions it opened) for ever.
+func TestDataTimeoutAcrossBDATChunks(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.CommandTimeout = 400 * time.Millisecond
+		c.DataTimeout = 700 * time.Millisecond
+	})
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c.expect("RCPT TO:<b@ok.example>", "250")
+	start := time.Now()
+	var last string
+	// 10 chunks 200 ms apart: 2 s in all, each chunk within the command
+	// timeout.
+	for i := 0; i < 10; i++ {
+		chunk := fmt.Sprintf("Line %d\r\n", i)
+		if last = c.cmd(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk[:len(chunk)-2])); !strings.HasPrefix(last, "250") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.HasPrefix(last, "421") {
+		t.Fatalf("BDAT chunks over %v outlived data_timeout 700ms; last reply %q, want 421", time.Since(start).Round(time.Millisecond), last)
+	}
+	if n := len(h.up.Messages()); n != 0 {
+		t.Errorf("upstream got %d messages", n)
+	}
+}
