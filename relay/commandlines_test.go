@@ -165,3 +165,28 @@ func TestDataTimeoutAcrossBDATChunks(t *testing.T) {
 		t.Errorf("upstream got %d messages", n)
 	}
 }
+
+// On an SMTP listener with a certificate, a client that stays in clear gets
+// what README promises for max_line_length, as on a listener without one:
+// a message line over the limit refuses the message with 552 5.5.6 and the
+// session goes on. go-smtp's own limit, which stays on for TLS sessions,
+// used to count message lines too and answer the next command with 500 and
+// a closed connection.
+func TestLongMessageLineOnListenerWithCertificate(t *testing.T) {
+	cert, key := writeCert(t, t.TempDir(), "relay.test")
+	h := newHarness(t, func(c *Config) { c.TLSCert, c.TLSKey = cert, key; c.MaxLineLength = 1000 })
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c.expect("RCPT TO:<b@ok.example>", "250")
+	c.expect("DATA", "354")
+	c.conn.Write([]byte("Subject: long\r\n\r\n" + strings.Repeat("a", 2000) + "\r\n.\r\n"))
+	if r := c.reply(); !strings.HasPrefix(r, "552 5.5.6") {
+		t.Fatalf("a 2000-byte message line: %q, want 552 5.5.6", r)
+	}
+	c.expect("NOOP", "250")
+	if n := len(h.up.Messages()); n != 0 {
+		t.Errorf("upstream got %d messages", n)
+	}
+}
