@@ -273,19 +273,20 @@ func (s *session) setDataDeadline() {
 }
 
 func (s *session) data(tx *transaction, r io.Reader) *outcome {
-	direct := s.raw.takeDirect()
-	if direct {
-		r = newDirectData(s.raw, s.r.cfg.MaxMessageBytes)
-	}
 	if tx == nil {
 		io.Copy(io.Discard, r)
 		return &outcome{reply: errLocal}
 	}
-	msg, err := s.r.spool.receive(r)
-	if direct {
+	var msg *message
+	var err error
+	if s.raw.takeDirect() {
+		d := newDirectData(s.raw, s.r.cfg.MaxMessageBytes)
+		msg, err = s.r.spool.receive(d)
 		// Whatever stopped the spooler, read on to the end of the message
 		// so the conversation stays in step, as go-smtp's reader does.
-		io.Copy(io.Discard, r)
+		io.Copy(io.Discard, d)
+	} else {
+		msg, err = s.r.spool.receive(r)
 	}
 	if err != nil {
 		tx.abort()
