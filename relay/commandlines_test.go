@@ -190,3 +190,30 @@ func TestLongMessageLineOnListenerWithCertificate(t *testing.T) {
 		t.Errorf("upstream got %d messages", n)
 	}
 }
+
+// A command line is held until its end arrives, but not for ever: past
+// max_line_length without a line end the client gets 500 and is
+// disconnected, rather than the relay buffering whatever it sends.
+func TestUnfinishedCommandLineOverLimit(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxLineLength = 1000 })
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.conn.Write([]byte("NOOP " + strings.Repeat("a", 994)))
+	time.Sleep(50 * time.Millisecond)
+	c.conn.Write([]byte("a\r\n")) // 1000 bytes before the line end: within
+	if r := c.reply(); !strings.HasPrefix(r, "250") {
+		t.Fatalf("a 1000-byte NOOP in two packets: %q, want 250", r)
+	}
+	for i := 0; i < 200; i++ { // 200 KB, no line end
+		if _, err := c.conn.Write([]byte(strings.Repeat("b", 1000))); err != nil {
+			break
+		}
+	}
+	if r := c.reply(); !strings.HasPrefix(r, "500") {
+		t.Errorf("200 KB without a line end: %q, want 500", r)
+	}
+	if !c.closed() {
+		t.Errorf("connection still open after a command over max_line_length")
+	}
+}
