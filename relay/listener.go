@@ -201,10 +201,10 @@ func (c *trackedConn) sockRead(p []byte) (int, error) {
 func (c *trackedConn) Read(p []byte) (int, error) {
 	if !c.plain.Load() {
 		// Bytes the client sent after STARTTLS and before the handshake
-		// are dropped, as go-smtp drops its own buffer: replayed after
-		// the handshake they would run as commands the client never sent
-		// under TLS (CVE-2011-0411).
-		c.head, c.tail = 0, 0
+		// are dropped with buf, as go-smtp drops its own buffer: replayed
+		// after the handshake they would run as commands the client never
+		// sent under TLS (CVE-2011-0411).
+		c.buf, c.head, c.tail = nil, 0, 0
 		return c.sockRead(p)
 	}
 	if len(c.out) > 0 {
