@@ -8,31 +8,31 @@ import (
 )
 
 // go-smtp undoes DATA's dot-stuffing one byte at a time through
-// bufio.Reader.ReadByte, which cost a third of the relay's CPU. On
-// listeners without TLS the connection wrapper sees the plaintext, so once
-// the 354 is out and nothing past the DATA line sits in go-smtp's buffer,
-// the session reads the message straight from the socket with directData,
-// then hands go-smtp a bare "." line (and whatever the client pipelined
-// after the message) so that its own reader ends at once.
+// bufio.Reader.ReadByte, which cost a third of the relay's CPU. While the
+// connection wrapper sees the plaintext, once the 354 is out (and so,
+// since the wrapper holds everything after a DATA line until go-smtp has
+// answered it, with go-smtp's buffer empty) the session reads the message
+// itself with directData: first what the client sent early, then from the
+// socket. It then hands go-smtp a bare "." line, so that go-smtp's own
+// reader ends at once, and gives the wrapper back whatever the client
+// pipelined after the message.
 //
-// directData is a port of go-smtp's dataReader state machine (data.go),
-// state for state, so that the message ends exactly where go-smtp would
-// end it. That matters for SMTP smuggling: go-smtp does not end DATA at
+// directData runs go-smtp's dataReader state machine (ddNext, a port of
+// data.go), so that the message ends exactly where go-smtp would end it.
+// That matters for SMTP smuggling: go-smtp does not end DATA at
 // "\r\r\n.\r\n" (a CR after a CR leaves the line open), and neither may
 // this, or a message refused for its bare CR would let what follows run as
 // a second transaction. Only the common state is faster: runs of bytes
 // without a CR are copied with one IndexByte.
 type directData struct {
 	c     *trackedConn
-	buf   []byte // read buffer
-	in    []byte // unprocessed input within buf
+	in    []byte // unprocessed input within c.buf
 	state int
 	// written counts output bytes against the size limit; over it,
 	// output is discarded and Read ends with ErrDataTooLarge.
 	written, max int64
 	tooBig       bool
 	done         bool
-	handedBack   bool // the rest went to the wrapper for go-smtp
 	err          error
 }
 
@@ -45,18 +45,55 @@ const (
 	ddData
 )
 
-// takeDirect tells whether the message may be read directly: a listener
-// without TLS, the 354 written, and go-smtp's buffer holding nothing past
-// the DATA line (the last bytes it was given ended with that line).
-func (c *trackedConn) takeDirect() bool {
-	return c != nil && c.limitLines && c.inData.Load() && c.dataAtEnd && len(c.ahead) == 0
+// ddNext is one step of go-smtp's dataReader (data.go): the state after
+// byte b, whether b belongs to the message (a stuffed dot and the end
+// marker do not; nor, in go-smtp, a CR after a line-leading dot), and
+// whether b completes the end-of-data line. directData and scanDataEnd
+// both run on it, so they cannot disagree on where a message ends.
+func ddNext(state int, b byte) (next int, keep, end bool) {
+	switch state {
+	case ddBeginLine:
+		switch b {
+		case '.':
+			return ddDot, false, false
+		case '\r':
+			return ddCR, true, false
+		}
+	case ddDot:
+		if b == '\r' {
+			return ddDotCR, false, false
+		}
+	case ddDotCR:
+		if b == '\n' {
+			return ddBeginLine, false, true
+		}
+	case ddCR:
+		if b == '\n' {
+			return ddBeginLine, true, false
+		}
+	case ddData:
+		if b == '\r' {
+			return ddCR, true, false
+		}
+	}
+	return ddData, true, false
 }
 
+// takeDirect tells whether the message may be read directly: the wrapper
+// sees the plaintext, the 354 is out, and go-smtp's buffer is empty. The
+// last holds whenever the first two do, because the wrapper hands go-smtp
+// nothing past a DATA line before go-smtp has answered it.
+func (c *trackedConn) takeDirect() bool {
+	return c != nil && c.plain.Load() && c.inData.Load() && len(c.out) == 0
+}
+
+// newDirectData starts reading the message with whatever the client sent
+// after the DATA line, held by the wrapper, then from the socket.
 func newDirectData(c *trackedConn, max int64) *directData {
-	if c.aheadBuf == nil {
-		c.aheadBuf = make([]byte, readAhead)
-	}
-	return &directData{c: c, buf: c.aheadBuf, max: max}
+	c.grow(readAhead)
+	d := &directData{c: c, in: c.buf[c.head:c.tail], max: max}
+	c.head, c.tail = 0, 0
+	return d
 }
 
 func (d *directData) Read(p []byte) (int, error) {
@@ -66,8 +103,8 @@ func (d *directData) Read(p []byte) (int, error) {
 			if d.err != nil {
 				break
 			}
-			m, err := d.c.Conn.Read(d.buf)
-			d.in = d.buf[:m]
+			m, err := d.c.Conn.Read(d.c.buf)
+			d.in = d.c.buf[:m]
 			if err != nil {
 				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
@@ -79,17 +116,18 @@ func (d *directData) Read(p []byte) (int, error) {
 			}
 		}
 		n += d.step(p[n:])
+		if d.done {
+			// What the client sent after the message goes back to the
+			// wrapper, to be read as commands; go-smtp's own reader gets
+			// just an end-of-data line and ends at once.
+			c := d.c
+			c.head, c.tail = 0, copy(c.buf, d.in)
+			d.in = nil
+			c.out = endOfData
+			c.inData.Store(false)
+		}
 	}
 	if d.done {
-		if !d.handedBack {
-			// What the client sent after the message stays for go-smtp,
-			// behind the end-of-data line its own reader now finds; the
-			// wrapper's scanner finds it too and reads on as commands.
-			d.c.ahead = append([]byte(".\r\n"), d.in...)
-			d.c.ddState = ddBeginLine
-			d.in = nil
-			d.handedBack = true
-		}
 		if n > 0 {
 			return n, nil
 		}
@@ -110,77 +148,48 @@ func (d *directData) Read(p []byte) (int, error) {
 // consumes, so the SMTP stream stays in step.
 func (d *directData) step(out []byte) int {
 	n := 0
-	emit := func(b []byte) {
-		if !d.tooBig && d.max > 0 && d.written+int64(len(b)) > d.max {
-			d.tooBig = true
-		}
-		if d.tooBig {
-			return
-		}
-		d.written += int64(len(b))
-		n += copy(out[n:], b)
-	}
 	for len(d.in) > 0 && (n < len(out) || d.tooBig) {
+		k := 1
 		if d.state == ddData {
 			// The fast path: everything up to the next CR is data.
-			i := bytes.IndexByte(d.in, '\r')
-			if i < 0 {
-				i = len(d.in)
-			}
-			if !d.tooBig {
-				i = min(i, len(out)-n)
-			}
-			if i > 0 {
-				emit(d.in[:i])
-				d.in = d.in[i:]
-				continue
+			k = bytes.IndexByte(d.in, '\r')
+			if k < 0 {
+				k = len(d.in)
 			}
 		}
-		c := d.in[0]
-		d.in = d.in[1:]
-		switch d.state {
-		case ddBeginLine:
-			if c == '.' {
-				d.state = ddDot
-				continue
-			}
-			if c == '\r' {
-				d.state = ddCR
-			} else {
-				d.state = ddData
-			}
-		case ddDot:
-			if c == '\r' {
-				d.state = ddDotCR
-				continue
-			}
-			d.state = ddData
-		case ddDotCR:
-			if c == '\n' {
+		if k == 0 || d.state != ddData {
+			var keep, end bool
+			d.state, keep, end = ddNext(d.state, d.in[0])
+			if end {
+				d.in = d.in[1:]
 				d.done = true
 				return n
 			}
-			d.state = ddData
-		case ddCR:
-			if c == '\n' {
-				d.state = ddBeginLine
-			} else {
-				d.state = ddData
+			if !keep {
+				d.in = d.in[1:]
+				continue
 			}
-		case ddData:
-			if c == '\r' {
-				d.state = ddCR
+			k = 1
+		}
+		if !d.tooBig {
+			k = min(k, len(out)-n)
+			if d.max > 0 && d.written+int64(k) > d.max {
+				d.tooBig = true
 			}
 		}
-		emit([]byte{c})
+		if !d.tooBig {
+			d.written += int64(k)
+			n += copy(out[n:], d.in[:k])
+		}
+		d.in = d.in[k:]
 	}
 	return n
 }
 
 // scanDataEnd runs go-smtp's end-of-data state machine over b from *state
 // and returns how many bytes belong to the message, end marker included,
-// and whether the marker was found. The wrapper uses it to know where the
-// client's commands resume after a message it does not read itself.
+// and whether the marker was found. The wrapper uses it when go-smtp reads
+// a message itself, to know where the client's commands resume.
 func scanDataEnd(state *int, b []byte) (int, bool) {
 	i := 0
 	for i < len(b) {
@@ -191,40 +200,11 @@ func scanDataEnd(state *int, b []byte) (int, bool) {
 			}
 			i += j
 		}
-		c := b[i]
+		var end bool
+		*state, _, end = ddNext(*state, b[i])
 		i++
-		switch *state {
-		case ddBeginLine:
-			switch c {
-			case '.':
-				*state = ddDot
-			case '\r':
-				*state = ddCR
-			default:
-				*state = ddData
-			}
-		case ddDot:
-			if c == '\r' {
-				*state = ddDotCR
-			} else {
-				*state = ddData
-			}
-		case ddDotCR:
-			if c == '\n' {
-				*state = ddBeginLine
-				return i, true
-			}
-			*state = ddData
-		case ddCR:
-			if c == '\n' {
-				*state = ddBeginLine
-			} else {
-				*state = ddData
-			}
-		case ddData:
-			if c == '\r' {
-				*state = ddCR
-			}
+		if end {
+			return i, true
 		}
 	}
 	return i, false

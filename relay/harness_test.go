@@ -21,7 +21,7 @@ import (
 // temp dir, the real rewrite engine, the real audit log, and a go-smtp
 // upstream on loopback.
 type harness struct {
-	t         *testing.T
+	t         testing.TB
 	cfg       Config
 	relay     *Relay
 	store     *consent.Store
@@ -50,7 +50,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newHarness(t *testing.T, mutate func(*Config)) *harness {
+func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	h := &harness{t: t, up: relaytest.NewUpstream(t), logs: &syncBuffer{}}

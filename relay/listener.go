@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -82,9 +83,6 @@ type trackedListener struct {
 	net.Listener
 	r        *Relay
 	implicit bool // behind an implicit-TLS listener: nothing may be written in clear
-	// limitLines: this listener never speaks TLS, so the wrapper sees the
-	// plaintext and enforces the command line limit itself (see inData).
-	limitLines bool
 }
 
 func (l *trackedListener) Accept() (net.Conn, error) {
@@ -93,7 +91,8 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		tc := &trackedConn{Conn: c, r: l.r, implicit: l.implicit, limitLines: l.limitLines}
+		tc := &trackedConn{Conn: c, r: l.r, implicit: l.implicit}
+		tc.plain.Store(!l.implicit)
 		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 			tc.ip = ap.Addr().Unmap()
 		}
@@ -114,51 +113,75 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 }
 
 // trackedConn is the raw TCP connection under go-smtp (and under TLS).
+//
+// While the session is in clear (plain), it also stands between the
+// client and go-smtp's reader, for three jobs go-smtp does badly or not at
+// all: it limits command lines (go-smtp's own limit walks every byte,
+// message data included, one at a time), it translates Postfix's ORCPT
+// spelling of a UTF-8 address (orcpt.go), and it lets the session read a
+// DATA message straight from the socket (directdata.go).
+//
+// To do that safely it must read the stream exactly as go-smtp will, so
+// it hands go-smtp only complete command lines, BDAT chunks of the
+// declared size, and message data up to go-smtp's end-of-data line. After
+// a line whose meaning for the following bytes depends on go-smtp's answer
+// (DATA: a message follows only after 354; STARTTLS: a handshake only
+// after 220), it hands over nothing more until go-smtp has answered, so
+// that go-smtp's buffer is empty at that point and the wrapper knows what
+// the next bytes are before passing them on.
 type trackedConn struct {
 	net.Conn
-	r          *Relay
-	ip         netip.Addr
-	implicit   bool
-	limitLines bool
+	r        *Relay
+	ip       netip.Addr
+	implicit bool
 
 	reading    atomic.Bool // blocked waiting for client bytes
 	closeAfter atomic.Bool // close after the next write (a 421 reply)
 	sess       atomic.Pointer[session]
 	closed     sync.Once
 
-	// On listeners without TLS, command lines are limited here rather
-	// than by go-smtp, whose limit walks every byte, message data
-	// included, one at a time. Message lines are limited by the spooler;
-	// inData is set when a 354 goes out and cleared at the end-of-data
-	// line, found with go-smtp's own rule (scanDataEnd). Under TLS the
-	// wrapper sees only ciphertext, so go-smtp keeps that job there.
-	inData  atomic.Bool
-	lineLen int
+	// plain: the wrapper sees the client's plaintext: from the start on
+	// listeners without implicit TLS, until go-smtp accepts a STARTTLS.
+	// From then on it passes bytes through, and go-smtp's own line limit
+	// (kept on every listener that offers TLS) takes over.
+	plain atomic.Bool
+	// tlsAsked: the last line handed over was a STARTTLS, unanswered yet.
+	tlsAsked atomic.Bool
+	// inData is set when a 354 goes out and cleared at the end of the
+	// message.
+	inData atomic.Bool
 
-	// ahead holds bytes read from the socket but not yet handed to
-	// go-smtp, whose 4 KB buffer would otherwise cost a system call per
-	// 4 KB of message. Only on listeners without TLS: with STARTTLS,
-	// bytes read ahead in clear could otherwise be replayed after the
-	// handshake.
-	ahead    []byte
-	aheadBuf []byte
-
-	// dataAtEnd: the bytes last handed to go-smtp ended with a complete
-	// "DATA" line, so after it answers 354 its buffer is empty and the
-	// message may be read directly (directdata.go). curLine holds the
-	// start of a line split across reads; chunkLeft the BDAT chunk bytes
-	// still to pass through.
-	dataAtEnd bool
-	curLine   []byte
+	// The read side below is used by one goroutine at a time: go-smtp's
+	// command loop, or the Data goroutine it starts and waits for.
+	//
+	// buf[head:tail] holds client bytes read but not yet handed to
+	// go-smtp: the unfinished end of a command line, or whatever the
+	// client sent after a line the wrapper holds at. Reading ahead also
+	// saves go-smtp's 4 KB buffer a system call per 4 KB of BDAT chunk.
+	buf        []byte
+	head, tail int
+	// out is what go-smtp is owed and has not taken: the end of a line
+	// that did not fit its buffer, or the end-of-data line after a direct
+	// read. It has been looked at already and is handed over as it is.
+	out    []byte
+	outBuf []byte
+	// chunkLeft counts the BDAT chunk bytes still to pass untouched.
 	chunkLeft int64
-	ddState   int // go-smtp's end-of-data state while inData
+	ddState   int   // go-smtp's end-of-data state while go-smtp reads a message itself
+	rerr      error // a command line too long: every later read fails too
+
 	// dataUntil is the message's deadline (unix nanoseconds) while Data
 	// runs; go-smtp's per-command deadlines between BDAT chunks must not
 	// extend it.
 	dataUntil atomic.Int64
 }
 
-const readAhead = 64 << 10
+const (
+	cmdBuffer = 4 << 10  // read buffer between messages
+	readAhead = 64 << 10 // read buffer once a message or chunk starts
+)
+
+var endOfData = []byte(".\r\n")
 
 func (c *trackedConn) refuse(enh, text string) {
 	if !c.implicit {
@@ -168,119 +191,174 @@ func (c *trackedConn) refuse(enh, text string) {
 	c.Conn.Close()
 }
 
-func (c *trackedConn) Read(p []byte) (int, error) {
-	var n int
-	var err error
-	switch {
-	case len(c.ahead) > 0:
-		n = copy(p, c.ahead)
-		c.ahead = c.ahead[n:]
-	case c.limitLines && c.inData.Load() && len(p) < readAhead:
-		if c.aheadBuf == nil {
-			c.aheadBuf = make([]byte, readAhead)
-		}
-		c.reading.Store(true)
-		var m int
-		m, err = c.Conn.Read(c.aheadBuf)
-		c.reading.Store(false)
-		n = copy(p, c.aheadBuf[:m])
-		c.ahead = c.aheadBuf[n:m]
-	default:
-		c.reading.Store(true)
-		n, err = c.Conn.Read(p)
-		c.reading.Store(false)
-	}
-	if n > 0 && c.limitLines {
-		var ferr error
-		if n, ferr = c.filterCommands(p, n); ferr != nil {
-			return 0, ferr
-		}
-	}
+func (c *trackedConn) sockRead(p []byte) (int, error) {
+	c.reading.Store(true)
+	n, err := c.Conn.Read(p)
+	c.reading.Store(false)
 	return n, err
 }
 
-// filterCommands walks the plaintext bytes about to be handed to go-smtp
-// the way go-smtp will read them: command lines, message data after a 354,
-// and BDAT chunks of the declared size. Only command lines are looked at:
-// their length is limited, Postfix's ORCPT spelling of a UTF-8 address is
-// translated (orcpt.go), and a final DATA line is noted for the fast DATA
-// path. Message bytes, in DATA or in a BDAT chunk, pass untouched: treating
-// them as commands would let a message's text rewrite itself, or shift the
-// chunk boundary and smuggle commands.
-func (c *trackedConn) filterCommands(p []byte, n int) (int, error) {
-	b := p[:n]
-	var out []byte // set only once a line changes
-	done := 0      // bytes of p[:n] already accounted for
-	emit := func(seg []byte, changed bool) {
-		if out == nil && changed {
-			out = append(make([]byte, 0, n+64), p[:done]...)
-		}
-		if out != nil {
-			out = append(out, seg...)
-		}
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if !c.plain.Load() {
+		// Bytes the client sent after STARTTLS and before the handshake
+		// are dropped with buf, as go-smtp drops its own buffer: replayed
+		// after the handshake they would run as commands the client never
+		// sent under TLS (CVE-2011-0411).
+		c.buf, c.head, c.tail = nil, 0, 0
+		return c.sockRead(p)
 	}
-	c.dataAtEnd = false
-	for len(b) > 0 {
-		if c.inData.Load() {
-			k, ended := scanDataEnd(&c.ddState, b)
-			emit(b[:k], false)
-			b, done = b[k:], done+k
-			if ended {
-				c.inData.Store(false)
-			}
-			continue
-		}
-		if c.chunkLeft > 0 {
-			k := int(min(int64(len(b)), c.chunkLeft))
-			c.chunkLeft -= int64(k)
-			emit(b[:k], false)
-			b, done = b[k:], done+k
-			continue
-		}
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			if c.lineLen += len(b); c.lineLen > c.r.cfg.MaxLineLength+1 {
-				return 0, smtp.ErrTooLongLine
-			}
-			c.curLine = append(c.curLine, b[:min(len(b), max(0, 64-len(c.curLine)))]...)
-			emit(b, false)
-			break
-		}
-		seg := b[:i+1]
-		b = b[i+1:]
-		if c.lineLen+i-1 > c.r.cfg.MaxLineLength {
-			// go-smtp answers this error with "500 5.4.0 Too long line"
-			// and closes the connection.
-			return 0, smtp.ErrTooLongLine
-		}
-		line := seg
-		if len(c.curLine) > 0 {
-			line = append(c.curLine, seg[:min(len(seg), 64)]...)
-		}
-		whole := c.lineLen == 0
-		c.lineLen = 0
-		c.curLine = c.curLine[:0]
-		fixed, changed := seg, false
-		if whole { // the whole line is in this read
-			fixed, changed = fixORCPTLine(seg)
-		}
-		emit(fixed, changed)
-		done += len(seg)
-		c.chunkLeft = bdatSize(line)
-		c.dataAtEnd = len(b) == 0 && len(c.ahead) == 0 && isDataLine(line)
-	}
-	if out == nil {
+	if len(c.out) > 0 {
+		n := copy(p, c.out)
+		c.out = c.out[n:]
 		return n, nil
 	}
-	k := copy(p, out)
-	if k < len(out) {
-		c.ahead = append(append([]byte(nil), out[k:]...), c.ahead...)
+	// go-smtp reads again, so it has answered the line held at.
+	c.tlsAsked.Store(false)
+	if c.tail == c.head && c.chunkLeft > 0 && !c.inData.Load() {
+		// A large chunk goes from the socket straight into go-smtp's
+		// buffer, without a copy through ours.
+		n, err := c.sockRead(p[:min(int64(len(p)), c.chunkLeft)])
+		c.chunkLeft -= int64(n)
+		return n, err
 	}
-	return k, nil
+	for {
+		n := c.handOver(p)
+		if n > 0 {
+			return n, nil
+		}
+		if c.rerr != nil {
+			return 0, c.rerr
+		}
+		if err := c.fill(); err != nil {
+			return 0, err
+		}
+	}
 }
 
-func isDataLine(line []byte) bool {
-	return bytes.EqualFold(line, []byte("DATA\r\n")) || bytes.EqualFold(line, []byte("DATA\n"))
+// fill reads more client bytes into buf.
+func (c *trackedConn) fill() error {
+	if c.buf == nil {
+		c.buf = make([]byte, cmdBuffer)
+	}
+	if c.head == c.tail {
+		c.head, c.tail = 0, 0
+	} else if c.tail == len(c.buf) {
+		if c.head == 0 {
+			// A command line longer than the buffer, yet within
+			// max_line_length.
+			c.grow(2 * len(c.buf))
+		} else {
+			c.tail = copy(c.buf, c.buf[c.head:c.tail])
+			c.head = 0
+		}
+	}
+	n, err := c.sockRead(c.buf[c.tail:])
+	c.tail += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// grow makes buf at least size bytes, keeping the unread bytes.
+func (c *trackedConn) grow(size int) {
+	if len(c.buf) >= size {
+		return
+	}
+	b := make([]byte, size)
+	c.tail = copy(b, c.buf[c.head:c.tail])
+	c.head = 0
+	c.buf = b
+}
+
+// handOver moves what go-smtp may read now from buf into p (the end of a
+// line that does not fit goes to out) and returns how much went into p:
+// 0 means more client bytes are needed, or rerr is set.
+func (c *trackedConn) handOver(p []byte) int {
+	n := 0
+	for n < len(p) && c.tail > c.head && len(c.out) == 0 {
+		in := c.buf[c.head:c.tail]
+		switch {
+		case c.inData.Load():
+			// go-smtp reads the message itself (the session did not read
+			// it directly): hand it over up to the end-of-data line, found
+			// with go-smtp's own rule.
+			k, ended := scanDataEnd(&c.ddState, in[:min(len(in), len(p)-n)])
+			n += copy(p[n:], in[:k])
+			c.head += k
+			if ended {
+				c.inData.Store(false)
+				return n
+			}
+		case c.chunkLeft > 0:
+			// Message bytes of a BDAT chunk: never looked at, or a chunk's
+			// text could rewrite itself or move the chunk's end.
+			k := int(min(int64(min(len(in), len(p)-n)), c.chunkLeft))
+			n += copy(p[n:], in[:k])
+			c.head += k
+			c.chunkLeft -= int64(k)
+		default:
+			i := bytes.IndexByte(in, '\n')
+			if i < 0 {
+				if len(in) > c.r.cfg.MaxLineLength+1 { // +1: a CR whose LF is still to come
+					c.rerr = smtp.ErrTooLongLine
+				}
+				return n
+			}
+			if i-1 > c.r.cfg.MaxLineLength { // i-1: the CR before the LF is not content
+				// go-smtp answers this error with "500 5.4.0 Too long line"
+				// and closes the connection.
+				c.rerr = smtp.ErrTooLongLine
+				return n
+			}
+			line := in[:i+1]
+			c.head += i + 1
+			fixed, _ := fixORCPTLine(line)
+			k := copy(p[n:], fixed)
+			n += k
+			if k < len(fixed) {
+				c.outBuf = append(c.outBuf[:0], fixed[k:]...)
+				c.out = c.outBuf
+			}
+			c.chunkLeft = bdatSize(line)
+			if c.chunkLeft > 0 {
+				c.grow(readAhead)
+			}
+			switch turnsOnReply(line) {
+			case "DATA":
+				// Data follows only if go-smtp answers 354.
+				return n
+			case "STARTTLS":
+				c.tlsAsked.Store(true)
+				return n
+			}
+		}
+	}
+	return n
+}
+
+// turnsOnReply tells whether the bytes after this command line mean
+// something that depends on go-smtp's answer to it, as go-smtp parses the
+// line (parseCmd): "DATA" (a message after 354), "STARTTLS" (a handshake
+// after 220), or "". It errs on the side of naming a command: holding after
+// a line go-smtp refuses costs nothing.
+func turnsOnReply(line []byte) string {
+	if len(line) < 4 {
+		return ""
+	}
+	if bytes.EqualFold(line[:4], []byte("DATA")) {
+		return "DATA"
+	}
+	// go-smtp upper-cases the whole line first, so "ſTARTTLS" (long s)
+	// is a STARTTLS to it too.
+	if len(line) >= 8 && (line[0]|0x20 == 's' || line[0] >= 0x80) &&
+		strings.HasPrefix(strings.ToUpper(string(line)), "STARTTLS") {
+		return "STARTTLS"
+	}
+	return ""
 }
 
 // bdatSize is the size of the chunk that follows a BDAT command line, as
@@ -288,12 +366,10 @@ func isDataLine(line []byte) bool {
 // bytes after the line whenever the size parses, even when it refuses the
 // command, and none when it does not.
 func bdatSize(line []byte) int64 {
-	l := strings.TrimRight(string(line), "\r\n")
-	cmd, arg, _ := strings.Cut(l, " ")
-	if !strings.EqualFold(cmd, "BDAT") {
+	if len(line) < 5 || !bytes.EqualFold(line[:5], []byte("BDAT ")) {
 		return 0
 	}
-	args := strings.Fields(arg)
+	args := strings.Fields(strings.TrimRight(string(line[5:]), "\r\n"))
 	if len(args) == 0 || len(args) > 2 || len(args) == 2 && !strings.EqualFold(args[1], "LAST") {
 		return 0
 	}
@@ -305,12 +381,20 @@ func bdatSize(line []byte) int64 {
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
-	if c.limitLines && bytes.HasPrefix(p, []byte("354 ")) {
-		// The message starts; filterCommands finds its end with go-smtp's
-		// own end-of-data rule, and commands resume right after it.
-		c.inData.Store(true)
-		c.ddState = ddBeginLine
-		c.lineLen = 0
+	if len(p) >= 4 && c.plain.Load() {
+		switch string(p[:4]) {
+		case "354 ":
+			// The message starts. The session reads it directly, or
+			// go-smtp does and handOver finds its end with go-smtp's rule.
+			c.ddState = ddBeginLine
+			c.inData.Store(true)
+		case "220 ":
+			if c.tlsAsked.Load() {
+				// go-smtp starts the handshake on this connection: from
+				// here the wrapper sees only ciphertext.
+				c.plain.Store(false)
+			}
+		}
 	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfter.Load() {

@@ -193,12 +193,14 @@ func (r *Relay) Start() error {
 			return fmt.Errorf("listen %s on %s: %w", sp.name, sp.addr, err)
 		}
 		srv := r.newServer(sp.lmtp)
-		plaintext := srv.TLSConfig == nil && !sp.tls
-		if plaintext {
-			// See trackedConn.inData: the wrapper limits command lines.
+		if srv.TLSConfig == nil && !sp.tls {
+			// The session stays in clear, so the connection wrapper sees
+			// every command line and limits them (see trackedConn).
+			// Where TLS can start, go-smtp keeps its own limit for what
+			// the wrapper no longer sees.
 			srv.MaxLineLength = 0
 		}
-		var ln net.Listener = &trackedListener{Listener: tcp, r: r, implicit: sp.tls, limitLines: plaintext}
+		var ln net.Listener = &trackedListener{Listener: tcp, r: r, implicit: sp.tls}
 		if sp.tls {
 			ln = tls.NewListener(ln, r.certs.serverTLSConfig())
 		}
