@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -198,7 +200,18 @@ func (c *trackedConn) sockRead(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *trackedConn) Read(p []byte) (int, error) {
+func (c *trackedConn) Read(p []byte) (n int, err error) {
+	// go-smtp recovers panics in its command handlers but not in its read
+	// loop, which calls this: a bug here, on bytes from any client, would
+	// end the process and every session in it. Close this one instead.
+	defer func() {
+		if v := recover(); v != nil {
+			c.r.log.Error("internal error reading a client's commands; closing that connection (please report this with the stack)",
+				"panic", panicText(v), "stack", string(debug.Stack()))
+			c.Conn.Close()
+			n, err = 0, net.ErrClosed
+		}
+	}()
 	if !c.plain.Load() {
 		// Bytes the client sent after STARTTLS and before the handshake
 		// are dropped with buf, as go-smtp drops its own buffer: replayed
@@ -278,6 +291,9 @@ func (c *trackedConn) grow(size int) {
 // line that does not fit goes to out) and returns how much went into p:
 // 0 means more client bytes are needed, or rerr is set.
 func (c *trackedConn) handOver(p []byte) int {
+	if hook := c.r.handOverHook.Load(); hook != nil {
+		(*hook)()
+	}
 	n := 0
 	for n < len(p) && c.tail > c.head && len(c.out) == 0 {
 		in := c.buf[c.head:c.tail]
@@ -479,4 +495,13 @@ func (c *trackedConn) goodbye() {
 		c.Conn.Write([]byte(msg))
 	}
 	c.Close()
+}
+
+// panicText describes a recovered value without quoting client data: a
+// runtime error says only what failed; anything else, only its type.
+func panicText(v any) string {
+	if re, ok := v.(runtime.Error); ok {
+		return re.Error()
+	}
+	return fmt.Sprintf("%T", v)
 }

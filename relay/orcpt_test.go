@@ -2,7 +2,9 @@ package relay
 
 import (
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // fixORCPTLine looked for " ORCPT=RFC822;" in bytes.ToUpper(line), whose
@@ -34,4 +36,36 @@ func TestORCPTLineWithInvalidUTF8DoesNotCrash(t *testing.T) {
 			t.Errorf("%q: the part before ORCPT changed: %q", line, fixed)
 		}
 	}
+}
+
+// A bug in the connection wrapper runs in go-smtp's read loop, where
+// nothing recovers a panic: it must cost the one connection, not the
+// process and every other session.
+func TestWrapperPanicClosesOnlyThatConnection(t *testing.T) {
+	h := newHarness(t, nil)
+	var armed atomic.Bool
+	hook := func() {
+		if armed.CompareAndSwap(true, false) {
+			var s []byte
+			_ = s[:len(s)+1] // the kind of fault the ORCPT bug was
+		}
+	}
+	h.relay.handOverHook.Store(&hook)
+
+	bad := dialFrom(t, h.addr, "")
+	bad.reply()
+	armed.Store(true)
+	bad.conn.Write([]byte("EHLO client.example\r\n"))
+	bad.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := bad.conn.Read(make([]byte, 512)); err == nil {
+		t.Fatalf("the connection whose read failed got a reply (%d bytes), want it closed", n)
+	}
+	if !strings.Contains(h.logs.String(), "internal error reading a client's commands") {
+		t.Errorf("no log line for the recovered fault:\n%s", h.logs.String())
+	}
+
+	good := dialFrom(t, h.addr, "")
+	good.reply()
+	good.expect("EHLO client.example", "250")
+	good.expect("NOOP", "250")
 }

@@ -82,6 +82,10 @@ type Relay struct {
 	servers   []*smtp.Server
 	listeners []listenerInfo
 	wg        sync.WaitGroup
+
+	// handOverHook, set only by tests, runs each time the connection
+	// wrapper hands client bytes to go-smtp.
+	handOverHook atomic.Pointer[func()]
 }
 
 type listenerInfo struct {
