@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
-	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -466,16 +465,15 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID, campaign string, e
 		"upstream", rec.Upstream.Code, "queue_id", rec.Upstream.QueueID, "duration_ms", rec.DurationMS)
 }
 
-// retryKey identifies "the same message to the same envelope", so that a
-// client's retry after a partial failure is recognised.
+// retryKey identifies "the same message from the same sender", so that a
+// client's retry after a partial failure is recognised. The recipients are
+// left out on purpose: a retry's envelope may differ from the first
+// attempt's (a recipient the upstream defers at RCPT this time is not in
+// it), and the memory already answers recipient by recipient, by
+// pseudonym.
 func retryKey(tx *transaction, msg *message) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00", tx.tenant, tx.from)
-	rcpts := addrs(tx.rcpts)
-	sort.Strings(rcpts)
-	for _, a := range rcpts {
-		fmt.Fprintf(h, "%s\x00", strings.ToLower(a))
-	}
 	h.Write(msg.digest())
 	return hex.EncodeToString(h.Sum(nil))
 }
