@@ -38,12 +38,10 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	campaign := CampaignKey(msg.header, tx.conf.cfg.CampaignHeaders, tx.from)
 	enforced, beaconURL := r.enforcement(tx, campaign, now)
 
-	key := ""
 	var before map[string]bool
 	if r.deps.RetryMemory != nil && !r.deps.RetryMemory.Empty() {
-		key = retryKey(tx, msg)
 		var err error
-		if before, err = r.deps.RetryMemory.Delivered(key); err != nil {
+		if before, err = r.deps.RetryMemory.Delivered(retryKey(tx, msg)); err != nil {
 			// Without the memory a retry may duplicate; refusing the
 			// retry would lose nothing but delay everything.
 			r.log.Error("retry memory unreadable; a retried message may reach some recipients twice", "err", err)
@@ -127,7 +125,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	}
 	problems = append(problems, report.Problems...)
 
-	out := r.settle(s, tx, msg, key, before != nil, replies)
+	out := r.settle(s, tx, msg, before != nil, replies)
 	r.audit(tx, msg, relayID, campaign, enforced, report, replies, problems, dkimStatus, out)
 	return out
 }
@@ -297,7 +295,7 @@ func (r *Relay) detect(tx *transaction, msg *message, enforced rewrite.Action) *
 // keeps that retry from duplicating the copies already delivered; a
 // permanent failure next to successes is reported by a DSN, as a queueing
 // MTA would.
-func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, retried bool, replies []Reply) *outcome {
+func (r *Relay) settle(s *session, tx *transaction, msg *message, retried bool, replies []Reply) *outcome {
 	var ok, temp, perm []*recipient
 	for _, rc := range tx.rcpts {
 		switch {
@@ -309,33 +307,20 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 			temp = append(temp, rc)
 		}
 	}
-	if retried && len(ok) > 0 && r.deps.RetryMemory != nil {
-		// A retry: whoever has the message now is remembered too, so a
-		// further attempt (our 250 lost on the wire) duplicates nothing.
-		if err := r.deps.RetryMemory.Remember(key, pseudonyms(ok)); err != nil {
-			r.log.Error("cannot record delivered recipients; a further retry may duplicate them", "err", err)
-		}
-	}
+	// A retry that delivered is remembered whatever the reply: should our
+	// answer be lost on the wire, a further attempt duplicates nothing.
+	remember := retried
 	out := &outcome{}
-	if s.lmtp {
+	switch {
+	case s.lmtp:
 		out.perRecipient = make(map[*recipient]error, len(tx.rcpts))
 		for _, rc := range tx.rcpts {
 			if rc.status != nil {
 				out.perRecipient[rc] = upstreamReply(rc.status)
 			}
 		}
-		return out
-	}
-	switch {
 	case len(temp) > 0 && len(ok) > 0:
-		if r.deps.RetryMemory != nil {
-			if key == "" {
-				key = retryKey(tx, msg)
-			}
-			if err := r.deps.RetryMemory.Remember(key, pseudonyms(ok)); err != nil {
-				r.log.Error("cannot record delivered recipients; the client's retry will duplicate them", "err", err)
-			}
-		}
+		remember = true
 		r.metrics.partialFailures.WithLabelValues("temporary").Inc()
 		r.log.Warn("partial delivery: some recipients deferred; answering 4xx so the client retries the rest",
 			"delivered", len(ok), "deferred", len(temp), "refused", len(perm))
@@ -350,12 +335,7 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 			// retries; the delivered recipients are remembered, so only the
 			// refused ones are tried again, and in the end the client
 			// reports them itself.
-			if key == "" {
-				key = retryKey(tx, msg)
-			}
-			if r.deps.RetryMemory != nil {
-				r.deps.RetryMemory.Remember(key, pseudonyms(ok))
-			}
+			remember = true
 			out.reply = errPartial
 			break
 		}
@@ -364,6 +344,11 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 		out.reply = upstreamReply(perm[0].status)
 	default:
 		out.reply = okReply(replies)
+	}
+	if remember && len(ok) > 0 && r.deps.RetryMemory != nil {
+		if err := r.deps.RetryMemory.Remember(retryKey(tx, msg), pseudonyms(ok)); err != nil {
+			r.log.Error("cannot record which recipients have the message; the client's retry may send them a second copy", "err", err)
+		}
 	}
 	return out
 }

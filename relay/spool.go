@@ -23,16 +23,21 @@ type message struct {
 	size   int64
 	header textproto.MIMEHeader
 	buf    *[]byte // pooled backing array of mem
+	sum    []byte  // digest, once computed
 }
 
 // digest is the SHA-256 of the message as the client sent it, the message
 // half of the retry-memory key. It is computed only when needed: a pass
 // over every message for a memory that is almost always empty would cost
-// more than the lookup.
+// more than the lookup. It is kept: a message that is looked up in the
+// memory and then remembered must not be read twice.
 func (m *message) digest() []byte {
-	h := sha256.New()
-	io.Copy(h, m.Reader())
-	return h.Sum(nil)
+	if m.sum == nil {
+		h := sha256.New()
+		io.Copy(h, m.Reader())
+		m.sum = h.Sum(nil)
+	}
+	return m.sum
 }
 
 // Reader returns a fresh reader over the whole body.
