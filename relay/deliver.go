@@ -410,21 +410,26 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID, campaign string, e
 		rec.Upstream = Reply{Code: out.reply.Code, Text: out.reply.Message}
 	}
 
-	var err error
-	delivered, failed := 0, 0
+	// The outcome comes from the recipients' verdicts, not from the single
+	// reply: over LMTP there is none.
+	delivered, deferred, refused := 0, 0, 0
 	for _, rc := range tx.rcpts {
-		if rc.status == nil {
+		switch {
+		case rc.status == nil:
 			delivered++
-		} else {
-			failed++
+		case isPermanent(rc.status):
+			refused++
+		default:
+			deferred++
 		}
 	}
+	var err error
 	switch {
-	case failed == 0:
+	case deferred+refused == 0:
 		err = r.deps.Audit.Delivered(rec)
 	case delivered > 0:
 		err = r.deps.Audit.Partial(rec)
-	case out.reply != nil && out.reply.Code >= 500:
+	case deferred == 0:
 		err = r.deps.Audit.Refused(rec)
 	default:
 		err = r.deps.Audit.Deferred(rec)
