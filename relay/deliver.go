@@ -97,7 +97,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 			// The transaction opened at RCPT went stale while the client
 			// uploaded (upstreams drop idle clients after a few minutes).
 			// Nothing was sent on it, so a fresh one is safe.
-			r.log.Info("upstream connection went idle during the upload; retrying on a new one", "err", redactAddresses(err.Error()))
+			r.log.Info("upstream connection went idle during the upload; retrying on a new one", upstreamCause(err))
 			if r.reopen(ctx, tx, g, pending); g.tx != nil {
 				reply, rep, dk, err = r.send(ctx, tx.conf, g, received, msg, d)
 			}

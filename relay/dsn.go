@@ -31,7 +31,7 @@ func (r *Relay) sendDSN(tx *transaction, msg *message, failed []*recipient) erro
 	defer cancel()
 	fail := func(phase string, err error) error {
 		r.log.Error("cannot send the DSN for recipients refused permanently; answering 4xx so the client keeps the message",
-			"phase", phase, "err", redactAddresses(err.Error()), "refused", len(failed))
+			"phase", phase, upstreamCause(err), "refused", len(failed))
 		return err
 	}
 	t, err := r.deps.Upstream.Begin(ctx, "", nil)

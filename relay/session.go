@@ -349,8 +349,9 @@ func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym strin
 	st, err := r.deps.Consent.Lookup(ctx, tenant, addr, consent.PurposeOpenTracking)
 	if err != nil {
 		r.metrics.consentLookups.WithLabelValues("error").Inc()
-		// The store's message may quote the address; the log must not.
-		r.log.Warn("consent lookup failed; stripping for this recipient", "tenant", tenant, "recipient", pseudonym, "err", redactAddresses(err.Error()))
+		// The store's message quotes the address; the log gets its class.
+		r.log.Warn("consent lookup failed; stripping for this recipient",
+			append([]any{"tenant", tenant, "recipient", pseudonym}, consentErrorCause(err)...)...)
 		return "error"
 	}
 	r.metrics.consentLookups.WithLabelValues("ok").Inc()
@@ -360,11 +361,16 @@ func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym strin
 	return string(st)
 }
 
+// pseudonym falls back to a per-process pseudonym when the store cannot
+// give its own: one shared placeholder would make the audit log unable to
+// tell such recipients apart, and the retry memory take one delivered
+// recipient for all of them.
 func (r *Relay) pseudonym(addr string) string {
 	p, err := r.deps.Consent.Pseudonym(addr)
 	if err != nil {
-		r.log.Error("cannot pseudonymise a recipient", "err", redactAddresses(err.Error()))
-		return "hmac-sha256:unavailable"
+		p = ephemeralPseudonym(addr)
+		r.log.Warn("the consent store cannot pseudonymise a recipient; the audit log names it by a pseudonym valid in this process only",
+			append([]any{"recipient", p}, consentErrorCause(err)...)...)
 	}
 	return p
 }
@@ -380,10 +386,10 @@ func (r *Relay) upstreamFailed(phase string, err error) {
 	}
 	r.metrics.upstreamErrors.WithLabelValues(phase, kind).Inc()
 	if isSMTPReply(err) {
-		r.log.Info("upstream refused", "phase", phase, "reply", redactAddresses(err.Error()))
+		r.log.Info("upstream refused", "phase", phase, upstreamCause(err))
 		return
 	}
-	r.log.Warn("upstream unavailable", "phase", phase, "err", redactAddresses(err.Error()))
+	r.log.Warn("upstream unavailable", "phase", phase, upstreamCause(err))
 }
 
 // action is the rewrite action a group's copy gets.

@@ -196,8 +196,11 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 			// this relay was not given. That is our configuration, not
 			// the message: temporary, so mail waits for the fix.
 			conn.c.Close()
+			// The reply's text is left out: this error is logged, and an
+			// upstream's text may name addresses.
 			return nil, &UpstreamError{Phase: "auth", Err: fmt.Errorf(
-				"%s requires AUTH (%d %s); give the upstream URL user:password@ (and use starttls:// or smtps://)", u.opt.URL.Addr, se.Code, se.Message)}
+				"%s requires AUTH (%d %d.%d.%d); give the upstream URL user:password@ (and use starttls:// or smtps://)",
+				u.opt.URL.Addr, se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])}
 		}
 		return nil, u.fail(conn, "mail", err)
 	}
