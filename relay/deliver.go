@@ -92,8 +92,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 			d.BeaconURL = beaconURL
 		}
 		reply, rep, dk, err := r.send(ctx, tx.conf, g, received, msg, d)
-		var ue *UpstreamError
-		if errors.As(err, &ue) && ue.Phase == "data-command" {
+		if errors.Is(err, errNothingSent) {
 			// The transaction opened at RCPT went stale while the client
 			// uploaded (upstreams drop idle clients after a few minutes).
 			// Nothing was sent on it, so a fresh one is safe.

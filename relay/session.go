@@ -181,15 +181,8 @@ func (s *session) proxyRcpt(ctx context.Context, tx *transaction, g *group, rc *
 	}
 	if err := g.tx.Rcpt(ctx, rc.wire, rc.opts); err != nil {
 		s.r.upstreamFailed("rcpt", err)
-		var se *smtp.SMTPError
-		switch {
-		case !errors.As(err, &se):
+		if !isSMTPReply(err) {
 			g.broken = err
-			g.tx = nil
-		case se.Code == 421:
-			// The upstream closed the channel: this recipient hears 4xx,
-			// and the group's transaction is opened afresh (at the next
-			// RCPT, or at DATA for those already accepted).
 			g.tx = nil
 		}
 		return upstreamReply(err)
