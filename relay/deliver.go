@@ -107,10 +107,13 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 		if dkimRank(dk) > dkimRank(dkimStatus) {
 			dkimStatus = dk
 		}
-		if err != nil {
-			r.upstreamFailed("data", err)
-		} else {
+		switch {
+		case err == nil:
 			replies = append(replies, reply)
+		case isOwnFault(err):
+			r.log.Error("could not build a copy for the upstream; answering 451 4.3.0 so the client retries", "err", err)
+		default:
+			r.upstreamFailed("data", err)
 		}
 		for _, rc := range pending {
 			if rc.status == nil {

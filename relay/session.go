@@ -198,8 +198,8 @@ func isSMTPReply(err error) bool {
 func (s *session) Data(r io.Reader) error {
 	tx := s.takeTx()
 	s.setDataDeadline()
+	defer s.endData()
 	out := s.data(tx, r)
-	s.endData()
 	if out == nil || out.reply == nil {
 		// A nil *SMTPError in an error interface is not nil, and go-smtp
 		// would dereference it: return a true nil for "250 OK".
@@ -213,8 +213,8 @@ func (s *session) Data(r io.Reader) error {
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	tx := s.takeTx()
 	s.setDataDeadline()
+	defer s.endData()
 	out := s.data(tx, r)
-	s.endData()
 	if out == nil || out.perRecipient == nil {
 		if out == nil || out.reply == nil {
 			return nil
@@ -246,7 +246,11 @@ func (s *session) takeTx() *transaction {
 }
 
 func (s *session) endData() {
-	s.inTx.Store(false)
+	// Under BDAT, a RSET and a new MAIL may have come while this message
+	// streamed: that transaction is the session's now.
+	s.mu.Lock()
+	s.inTx.Store(s.tx != nil)
+	s.mu.Unlock()
 	if s.raw != nil {
 		s.raw.dataUntil.Store(0)
 	}
@@ -299,6 +303,9 @@ func (s *session) data(tx *transaction, r io.Reader) *outcome {
 		return &outcome{reply: reply}
 	}
 	defer msg.Close()
+	// Should deliver panic (go-smtp recovers), the upstream transactions
+	// opened at RCPT still end; after a normal return this does nothing.
+	defer tx.abort()
 	return s.r.deliver(s, tx, msg)
 }
 

@@ -10,8 +10,6 @@ import (
 	"net/textproto"
 	"os"
 	"sync"
-
-	"github.com/emersion/go-smtp"
 )
 
 // message is one received message body, held in memory up to a threshold
@@ -264,24 +262,6 @@ func parseHeader(m *message, end int) textproto.MIMEHeader {
 		h = textproto.MIMEHeader{}
 	}
 	return h
-}
-
-// dataError maps a failure while receiving DATA to the client's reply.
-func dataError(err error) *smtp.SMTPError {
-	var se *smtp.SMTPError
-	switch {
-	case errors.As(err, &se):
-		return se // go-smtp's ErrDataTooLarge
-	case errors.Is(err, errBareLineEnding):
-		return errBadLineEnding
-	case errors.Is(err, errHeaderSize):
-		return errHeaderTooBig
-	case errors.Is(err, errLineLength), errors.Is(err, smtp.ErrTooLongLine):
-		return errLineTooLong
-	case isTimeout(err):
-		return errDataTimeout
-	}
-	return errLocal
 }
 
 // copyBuffer holds one finished copy when it must be complete before it is
