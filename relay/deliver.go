@@ -164,15 +164,21 @@ func (r *Relay) reopen(ctx context.Context, tx *transaction, g *group, pending [
 }
 
 // send streams one group's copy: our Received: line, then the original or
-// the rewritten message. When DKIM is involved the copy must be complete
-// before it goes out (a signature covers the whole body, and a signature
-// our rewrite broke must be removed from the header), so it is built first.
+// the rewritten message. Only when the copy must be complete before it goes
+// out is it built first: to sign it with our key (a signature covers the
+// whole body), or when the rewrite may break the app's signature, which
+// must then be removed from the header.
 func (r *Relay) send(ctx context.Context, conf *live, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, string, error) {
 	start := time.Now()
 	defer func() { r.metrics.upstreamSeconds.Observe(time.Since(start).Seconds()) }()
 	signer := conf.dkim[fromDomain(msg.header)]
 	hasSig := len(msg.header["Dkim-Signature"]) > 0
-	if signer == nil && !hasSig {
+	mayRemoveSig := hasSig && d.Action != rewrite.Keep && conf.cfg.DKIMExisting == "remove"
+	if signer == nil && !mayRemoveSig {
+		status := dkimNone
+		if hasSig {
+			status = dkimKept
+		}
 		var report *rewrite.Report
 		reply, err := g.tx.Data(ctx, func(w io.Writer) error {
 			if _, err := w.Write(received); err != nil {
@@ -190,7 +196,7 @@ func (r *Relay) send(ctx context.Context, conf *live, g *group, received []byte,
 			return err
 		})
 		g.tx = nil
-		return reply, report, dkimNone, err
+		return reply, report, status, err
 	}
 
 	buf := &copyBuffer{limit: r.cfg.SpoolMemory, dir: r.cfg.SpoolDir}
