@@ -2,11 +2,15 @@ package relay
 
 import (
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 )
@@ -105,5 +109,56 @@ func TestDSNFailureWithRetryMemoryFailureIsLogged(t *testing.T) {
 	}
 	if logs := h.logs.String(); !strings.Contains(logs, "cannot record which recipients have the message") {
 		t.Errorf("the failed retry-memory write was not logged:\n%s", logs)
+	}
+}
+
+// Once everything remembered has expired the memory is empty again, so
+// messages stop paying for a digest and a lookup, without waiting for the
+// next partial failure to sweep the bucket.
+func TestRetryMemoryEmptyAgainAfterExpiry(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "m.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	start := time.Now()
+	// The clock is read by the sweep Remember starts in the background.
+	var clock atomic.Int64
+	clock.Store(start.UnixNano())
+	advance := func(d time.Duration) { clock.Add(int64(d)) }
+	mem, err := NewRetryMemory(db, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mem.(*boltRetryMemory)
+	m.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	if !m.Empty() {
+		t.Fatal("a new memory is not empty")
+	}
+	if err := m.Remember("k", []string{"hmac-sha256:aa"}); err != nil {
+		t.Fatal(err)
+	}
+	if m.Empty() {
+		t.Fatal("empty right after Remember")
+	}
+	advance(59 * time.Minute)
+	if m.Empty() {
+		t.Error("empty before the entry expired")
+	}
+	advance(2 * time.Minute)
+	if !m.Empty() {
+		t.Error("still not empty after the only entry expired")
+	}
+	// A restart finds the unexpired entries of the previous process.
+	clock.Store(start.UnixNano())
+	if err := m.Remember("k2", []string{"hmac-sha256:bb"}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := NewRetryMemory(db, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Empty() {
+		t.Error("a memory reopened over an unexpired entry is empty")
 	}
 }
