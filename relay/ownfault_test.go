@@ -7,7 +7,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
@@ -118,4 +120,31 @@ func TestEndOfDataKeepsANewerTransaction(t *testing.T) {
 		t.Error("the session's open transaction is no longer counted as one after an earlier message ended")
 	}
 	s.Logout()
+}
+
+// A panic while the copy streams (the upstream is inside DATA) must not
+// leave that connection open with a half-sent message: it is closed, so
+// the upstream drops the transaction at once.
+func TestPanicWhileStreamingClosesTheUpstreamConnection(t *testing.T) {
+	up := relaytest.NewUpstream(t)
+	tp := newTap(t, up.Addr())
+	var fr *faultyRewriter
+	h := newHarnessDeps(t, func(c *Config) { c.Upstream = "smtp://" + tp.ln.Addr().String() }, withFaultyRewriter(&fr))
+	fr.panics.Store(true)
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<news@acme.example>", "250")
+	c.expect("RCPT TO:<alice@example.fr>", "250")
+	c.expect("DATA", "354")
+	c.conn.Write(dotStuff([]byte("From: news@acme.example\r\nSubject: hi\r\n\r\nhello\r\n")))
+	if r := c.reply(); !strings.HasPrefix(r, "4") {
+		t.Fatalf("after a panic the client heard %q, want 4xx", r)
+	}
+	if !tp.closedWithin(1, 2*time.Second) {
+		t.Error("the upstream connection left inside DATA by the panic is still open")
+	}
+	if n := len(up.Messages()); n != 0 {
+		t.Errorf("upstream accepted %d messages, want none", n)
+	}
 }

@@ -454,6 +454,14 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		return Reply{}, &UpstreamError{Phase: "data", Err: errors.New("transaction already ended")}
 	}
 	t.conn = nil
+	defer func() {
+		if p := recover(); p != nil {
+			// A panic while the copy streams (a bug) must not leave the
+			// upstream inside DATA on a connection nobody owns any more.
+			conn.c.Close()
+			panic(p)
+		}
+	}()
 	var werr error
 	text, err := conn.c.data(func(w io.Writer) error {
 		werr = write(w)

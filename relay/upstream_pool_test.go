@@ -15,9 +15,10 @@ import (
 // tap is a TCP forwarder between the relay and its upstream that keeps
 // every byte the relay sent, to see the conversation as the upstream did.
 type tap struct {
-	ln   net.Listener
-	mu   sync.Mutex
-	sent bytes.Buffer
+	ln     net.Listener
+	mu     sync.Mutex
+	sent   bytes.Buffer
+	closed int // connections the relay closed
 }
 
 func newTap(t *testing.T, upstream string) *tap {
@@ -40,7 +41,13 @@ func newTap(t *testing.T, upstream string) *tap {
 				continue
 			}
 			go func() { io.Copy(c, u); c.Close() }()
-			go func() { io.Copy(io.MultiWriter(u, tp), c); u.Close() }()
+			go func() {
+				io.Copy(io.MultiWriter(u, tp), c)
+				u.Close()
+				tp.mu.Lock()
+				tp.closed++
+				tp.mu.Unlock()
+			}()
 		}
 	}()
 	return tp
@@ -50,6 +57,21 @@ func (tp *tap) Write(p []byte) (int, error) {
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
 	return tp.sent.Write(p)
+}
+
+// closedWithin waits up to d for the relay to have closed n connections.
+func (tp *tap) closedWithin(n int, d time.Duration) bool {
+	for end := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
+		tp.mu.Lock()
+		c := tp.closed
+		tp.mu.Unlock()
+		if c >= n {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+	}
 }
 
 func (tp *tap) count(line string) int {
