@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
-	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -39,12 +38,10 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	campaign := CampaignKey(msg.header, tx.conf.cfg.CampaignHeaders, tx.from)
 	enforced, beaconURL := r.enforcement(tx, campaign, now)
 
-	key := ""
 	var before map[string]bool
 	if r.deps.RetryMemory != nil && !r.deps.RetryMemory.Empty() {
-		key = retryKey(tx, msg)
 		var err error
-		if before, err = r.deps.RetryMemory.Delivered(key); err != nil {
+		if before, err = r.deps.RetryMemory.Delivered(retryKey(tx, msg)); err != nil {
 			// Without the memory a retry may duplicate; refusing the
 			// retry would lose nothing but delay everything.
 			r.log.Error("retry memory unreadable; a retried message may reach some recipients twice", "err", err)
@@ -95,12 +92,11 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 			d.BeaconURL = beaconURL
 		}
 		reply, rep, dk, err := r.send(ctx, tx.conf, g, received, msg, d)
-		var ue *UpstreamError
-		if errors.As(err, &ue) && ue.Phase == "data-command" {
+		if errors.Is(err, errNothingSent) {
 			// The transaction opened at RCPT went stale while the client
 			// uploaded (upstreams drop idle clients after a few minutes).
 			// Nothing was sent on it, so a fresh one is safe.
-			r.log.Info("upstream connection went idle during the upload; retrying on a new one", "err", redactAddresses(err.Error()))
+			r.log.Info("upstream connection went idle during the upload; retrying on a new one", upstreamCause(err))
 			if r.reopen(ctx, tx, g, pending); g.tx != nil {
 				reply, rep, dk, err = r.send(ctx, tx.conf, g, received, msg, d)
 			}
@@ -111,10 +107,13 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 		if dkimRank(dk) > dkimRank(dkimStatus) {
 			dkimStatus = dk
 		}
-		if err != nil {
-			r.upstreamFailed("data", err)
-		} else {
+		switch {
+		case err == nil:
 			replies = append(replies, reply)
+		case isOwnFault(err):
+			r.log.Error("could not build a copy for the upstream; answering 451 4.3.0 so the client retries", "err", err)
+		default:
+			r.upstreamFailed("data", err)
 		}
 		for _, rc := range pending {
 			if rc.status == nil {
@@ -128,7 +127,7 @@ func (r *Relay) deliver(s *session, tx *transaction, msg *message) *outcome {
 	}
 	problems = append(problems, report.Problems...)
 
-	out := r.settle(s, tx, msg, key, before != nil, replies)
+	out := r.settle(s, tx, msg, before != nil, replies)
 	r.audit(tx, msg, relayID, campaign, enforced, report, replies, problems, dkimStatus, out)
 	return out
 }
@@ -165,15 +164,21 @@ func (r *Relay) reopen(ctx context.Context, tx *transaction, g *group, pending [
 }
 
 // send streams one group's copy: our Received: line, then the original or
-// the rewritten message. When DKIM is involved the copy must be complete
-// before it goes out (a signature covers the whole body, and a signature
-// our rewrite broke must be removed from the header), so it is built first.
+// the rewritten message. Only when the copy must be complete before it goes
+// out is it built first: to sign it with our key (a signature covers the
+// whole body), or when the rewrite may break the app's signature, which
+// must then be removed from the header.
 func (r *Relay) send(ctx context.Context, conf *live, g *group, received []byte, msg *message, d rewrite.Decision) (Reply, *rewrite.Report, string, error) {
 	start := time.Now()
 	defer func() { r.metrics.upstreamSeconds.Observe(time.Since(start).Seconds()) }()
 	signer := conf.dkim[fromDomain(msg.header)]
 	hasSig := len(msg.header["Dkim-Signature"]) > 0
-	if signer == nil && !hasSig {
+	mayRemoveSig := hasSig && d.Action != rewrite.Keep && conf.cfg.DKIMExisting == "remove"
+	if signer == nil && !mayRemoveSig {
+		status := dkimNone
+		if hasSig {
+			status = dkimKept
+		}
 		var report *rewrite.Report
 		reply, err := g.tx.Data(ctx, func(w io.Writer) error {
 			if _, err := w.Write(received); err != nil {
@@ -191,7 +196,7 @@ func (r *Relay) send(ctx context.Context, conf *live, g *group, received []byte,
 			return err
 		})
 		g.tx = nil
-		return reply, report, dkimNone, err
+		return reply, report, status, err
 	}
 
 	buf := &copyBuffer{limit: r.cfg.SpoolMemory, dir: r.cfg.SpoolDir}
@@ -298,7 +303,7 @@ func (r *Relay) detect(tx *transaction, msg *message, enforced rewrite.Action) *
 // keeps that retry from duplicating the copies already delivered; a
 // permanent failure next to successes is reported by a DSN, as a queueing
 // MTA would.
-func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, retried bool, replies []Reply) *outcome {
+func (r *Relay) settle(s *session, tx *transaction, msg *message, retried bool, replies []Reply) *outcome {
 	var ok, temp, perm []*recipient
 	for _, rc := range tx.rcpts {
 		switch {
@@ -310,33 +315,20 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 			temp = append(temp, rc)
 		}
 	}
-	if retried && len(ok) > 0 && r.deps.RetryMemory != nil {
-		// A retry: whoever has the message now is remembered too, so a
-		// further attempt (our 250 lost on the wire) duplicates nothing.
-		if err := r.deps.RetryMemory.Remember(key, pseudonyms(ok)); err != nil {
-			r.log.Error("cannot record delivered recipients; a further retry may duplicate them", "err", err)
-		}
-	}
+	// A retry that delivered is remembered whatever the reply: should our
+	// answer be lost on the wire, a further attempt duplicates nothing.
+	remember := retried
 	out := &outcome{}
-	if s.lmtp {
+	switch {
+	case s.lmtp:
 		out.perRecipient = make(map[*recipient]error, len(tx.rcpts))
 		for _, rc := range tx.rcpts {
 			if rc.status != nil {
 				out.perRecipient[rc] = upstreamReply(rc.status)
 			}
 		}
-		return out
-	}
-	switch {
 	case len(temp) > 0 && len(ok) > 0:
-		if r.deps.RetryMemory != nil {
-			if key == "" {
-				key = retryKey(tx, msg)
-			}
-			if err := r.deps.RetryMemory.Remember(key, pseudonyms(ok)); err != nil {
-				r.log.Error("cannot record delivered recipients; the client's retry will duplicate them", "err", err)
-			}
-		}
+		remember = true
 		r.metrics.partialFailures.WithLabelValues("temporary").Inc()
 		r.log.Warn("partial delivery: some recipients deferred; answering 4xx so the client retries the rest",
 			"delivered", len(ok), "deferred", len(temp), "refused", len(perm))
@@ -351,12 +343,7 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 			// retries; the delivered recipients are remembered, so only the
 			// refused ones are tried again, and in the end the client
 			// reports them itself.
-			if key == "" {
-				key = retryKey(tx, msg)
-			}
-			if r.deps.RetryMemory != nil {
-				r.deps.RetryMemory.Remember(key, pseudonyms(ok))
-			}
+			remember = true
 			out.reply = errPartial
 			break
 		}
@@ -365,6 +352,11 @@ func (r *Relay) settle(s *session, tx *transaction, msg *message, key string, re
 		out.reply = upstreamReply(perm[0].status)
 	default:
 		out.reply = okReply(replies)
+	}
+	if remember && len(ok) > 0 && r.deps.RetryMemory != nil {
+		if err := r.deps.RetryMemory.Remember(retryKey(tx, msg), pseudonyms(ok)); err != nil {
+			r.log.Error("cannot record which recipients have the message; the client's retry may send them a second copy", "err", err)
+		}
 	}
 	return out
 }
@@ -426,21 +418,26 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID, campaign string, e
 		rec.Upstream = Reply{Code: out.reply.Code, Text: out.reply.Message}
 	}
 
-	var err error
-	delivered, failed := 0, 0
+	// The outcome comes from the recipients' verdicts, not from the single
+	// reply: over LMTP there is none.
+	delivered, deferred, refused := 0, 0, 0
 	for _, rc := range tx.rcpts {
-		if rc.status == nil {
+		switch {
+		case rc.status == nil:
 			delivered++
-		} else {
-			failed++
+		case isPermanent(rc.status):
+			refused++
+		default:
+			deferred++
 		}
 	}
+	var err error
 	switch {
-	case failed == 0:
+	case deferred+refused == 0:
 		err = r.deps.Audit.Delivered(rec)
 	case delivered > 0:
 		err = r.deps.Audit.Partial(rec)
-	case out.reply != nil && out.reply.Code >= 500:
+	case deferred == 0:
 		err = r.deps.Audit.Refused(rec)
 	default:
 		err = r.deps.Audit.Deferred(rec)
@@ -466,16 +463,15 @@ func (r *Relay) audit(tx *transaction, msg *message, relayID, campaign string, e
 		"upstream", rec.Upstream.Code, "queue_id", rec.Upstream.QueueID, "duration_ms", rec.DurationMS)
 }
 
-// retryKey identifies "the same message to the same envelope", so that a
-// client's retry after a partial failure is recognised.
+// retryKey identifies "the same message from the same sender", so that a
+// client's retry after a partial failure is recognised. The recipients are
+// left out on purpose: a retry's envelope may differ from the first
+// attempt's (a recipient the upstream defers at RCPT this time is not in
+// it), and the memory already answers recipient by recipient, by
+// pseudonym.
 func retryKey(tx *transaction, msg *message) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00", tx.tenant, tx.from)
-	rcpts := addrs(tx.rcpts)
-	sort.Strings(rcpts)
-	for _, a := range rcpts {
-		fmt.Fprintf(h, "%s\x00", strings.ToLower(a))
-	}
 	h.Write(msg.digest())
 	return hex.EncodeToString(h.Sum(nil))
 }

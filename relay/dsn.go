@@ -31,10 +31,17 @@ func (r *Relay) sendDSN(tx *transaction, msg *message, failed []*recipient) erro
 	defer cancel()
 	fail := func(phase string, err error) error {
 		r.log.Error("cannot send the DSN for recipients refused permanently; answering 4xx so the client keeps the message",
-			"phase", phase, "err", redactAddresses(err.Error()), "refused", len(failed))
+			"phase", phase, upstreamCause(err), "refused", len(failed))
 		return err
 	}
-	t, err := r.deps.Upstream.Begin(ctx, "", nil)
+	var opts *smtp.MailOptions
+	if dsnNeedsUTF8(tx, failed) {
+		// Without SMTPUTF8 the next hop refuses the DSN to an
+		// internationalised sender, and the client, never hearing 250,
+		// would retry the message for ever.
+		opts = &smtp.MailOptions{UTF8: true}
+	}
+	t, err := r.deps.Upstream.Begin(ctx, "", opts)
 	if err != nil {
 		return fail("mail", err)
 	}
@@ -53,6 +60,13 @@ func (r *Relay) sendDSN(tx *transaction, msg *message, failed []*recipient) erro
 // machine-readable delivery-status part (RFC 3464) and the original
 // message's header.
 func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, now time.Time) []byte {
+	// RFC 6533: a report naming an internationalised address is a
+	// message/global-delivery-status, with utf-8 address types.
+	utf8 := dsnNeedsUTF8(tx, failed)
+	statusType, headersType := "message/delivery-status", "text/rfc822-headers"
+	if utf8 {
+		statusType, headersType = "message/global-delivery-status", "message/global-headers"
+	}
 	boundary := "pixelrelay-dsn-" + newID()
 	var b bytes.Buffer
 	crlf := func(format string, args ...any) {
@@ -60,7 +74,7 @@ func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, n
 		b.WriteString("\r\n")
 	}
 	crlf("From: Mail Delivery System <MAILER-DAEMON@%s>", host)
-	crlf("To: <%s>", tx.from)
+	crlf("To: <%s>", tx.wireFrom)
 	crlf("Subject: Undelivered Mail Returned to Sender")
 	crlf("Date: %s", now.Format(time.RFC1123Z))
 	crlf("Message-ID: <%s.dsn@%s>", newID(), host)
@@ -78,11 +92,11 @@ func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, n
 	crlf("")
 	for _, rc := range failed {
 		se := dsnReply(rc.status)
-		crlf("<%s>: %d %s", rc.addr, se.Code, oneLine(se.Message))
+		crlf("<%s>: %d %s", rc.wire, se.Code, oneLine(se.Message))
 	}
 	crlf("")
 	crlf("--%s", boundary)
-	crlf("Content-Type: message/delivery-status")
+	crlf("Content-Type: %s", statusType)
 	crlf("")
 	crlf("Reporting-MTA: dns; %s", host)
 	if tx.opts != nil && tx.opts.EnvelopeID != "" {
@@ -99,14 +113,18 @@ func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, n
 			}
 			crlf("Original-Recipient: %s;%s", kind, oneLine(rc.opts.OriginalRecipient))
 		}
-		crlf("Final-Recipient: rfc822; %s", rc.addr)
+		if isASCII(rc.addr) {
+			crlf("Final-Recipient: rfc822; %s", rc.wire)
+		} else {
+			crlf("Final-Recipient: utf-8; %s", rc.wire)
+		}
 		crlf("Action: failed")
 		crlf("Status: %d.%d.%d", max(se.EnhancedCode[0], 5), max(se.EnhancedCode[1], 0), max(se.EnhancedCode[2], 0))
 		crlf("Diagnostic-Code: smtp; %d %s", se.Code, oneLine(se.Message))
 	}
 	crlf("")
 	crlf("--%s", boundary)
-	crlf("Content-Type: text/rfc822-headers")
+	crlf("Content-Type: %s", headersType)
 	crlf("")
 	end := headerLength(msg)
 	if end < 0 {
@@ -116,6 +134,20 @@ func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, n
 	crlf("")
 	crlf("--%s--", boundary)
 	return b.Bytes()
+}
+
+// dsnNeedsUTF8 tells whether a DSN names an internationalised address, and
+// so must travel with SMTPUTF8.
+func dsnNeedsUTF8(tx *transaction, failed []*recipient) bool {
+	if (tx.opts != nil && tx.opts.UTF8) || !isASCII(tx.from) {
+		return true
+	}
+	for _, rc := range failed {
+		if !isASCII(rc.addr) {
+			return true
+		}
+	}
+	return false
 }
 
 func oneLine(s string) string {

@@ -120,6 +120,8 @@ func TestRedactAddresses(t *testing.T) {
 		{`invalid address "john doe"@example.org here`, "invalid address [address] here"},
 		{"user jörg@exämple.de unknown", "user [address] unknown"},
 		{"a@[192.0.2.1]", "[address]"},
+		{`invalid address "john.doe smith@x.example"`, `invalid address "[address]"`},
+		{"5.1.1 <john doe@x.example>: unknown", "5.1.1 <[address]>: unknown"},
 		{"no address here, just 4.2.2 mailbox full", "no address here, just 4.2.2 mailbox full"},
 	} {
 		if got := redactAddresses(tc.in); got != tc.want {

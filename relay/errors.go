@@ -45,10 +45,11 @@ func errSenderNotAllowed(user string) *smtp.SMTPError {
 	return reply(553, smtp.EnhancedCode{5, 7, 1}, fmt.Sprintf("User %s may not send as this address", user))
 }
 
-// upstreamReply turns an Upstream error into what the client sees. The
-// upstream's own replies pass through with their code and text, so an app
-// sees why its recipient or message was refused; transport failures are
-// always temporary, never a bounce.
+// upstreamReply turns the failure of a delivery step into what the client
+// sees. The upstream's own replies pass through with their code and text,
+// so an app sees why its recipient or message was refused; transport
+// failures are always temporary, never a bounce; anything else is our own
+// fault (rewrite, DKIM, spool), for which the next hop is not to blame.
 func upstreamReply(err error) *smtp.SMTPError {
 	var ue *UpstreamError
 	if errors.As(err, &ue) {
@@ -68,7 +69,32 @@ func upstreamReply(err error) *smtp.SMTPError {
 		}
 		return errUpstreamDown
 	}
-	return errUpstreamDown
+	return errLocal
+}
+
+// isOwnFault tells a failure of ours (building a copy: rewrite, DKIM,
+// spool) from an upstream's reply or a transport failure.
+func isOwnFault(err error) bool {
+	var ue *UpstreamError
+	return !errors.As(err, &ue) && !isSMTPReply(err)
+}
+
+// dataError maps a failure while receiving DATA to the client's reply.
+func dataError(err error) *smtp.SMTPError {
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		return se // go-smtp's ErrDataTooLarge
+	case errors.Is(err, errBareLineEnding):
+		return errBadLineEnding
+	case errors.Is(err, errHeaderSize):
+		return errHeaderTooBig
+	case errors.Is(err, errLineLength), errors.Is(err, smtp.ErrTooLongLine):
+		return errLineTooLong
+	case isTimeout(err):
+		return errDataTimeout
+	}
+	return errLocal
 }
 
 // isPermanent tells whether an upstream error is a 5xx verdict, as opposed

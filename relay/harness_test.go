@@ -52,6 +52,13 @@ func (s *syncBuffer) String() string {
 
 func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	t.Helper()
+	return newHarnessDeps(t, mutate, nil)
+}
+
+// newHarnessDeps is newHarness with a last say over the relay's
+// dependencies, for a test that wraps one of the real parts.
+func newHarnessDeps(t *testing.T, mutate func(*Config), wrap func(*Deps)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	h := &harness{t: t, up: relaytest.NewUpstream(t), logs: &syncBuffer{}}
 	cfg := DefaultConfig()
@@ -98,10 +105,14 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(cfg, Deps{
+	deps := Deps{
 		Consent: store, Rewriter: engine, Upstream: up, Audit: audit,
 		RetryMemory: retry, Logger: logger, Version: "test", Beacons: h.beacons,
-	})
+	}
+	if wrap != nil {
+		wrap(&deps)
+	}
+	r, err := New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

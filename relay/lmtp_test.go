@@ -48,3 +48,35 @@ func TestLMTPPerRecipientStatus(t *testing.T) {
 		t.Fatal("want exactly one copy each")
 	}
 }
+
+// Over LMTP there is no single reply to classify the message by: when the
+// upstream refuses every recipient permanently, the audit record says
+// refused (not deferred, which would tell the operator Postfix retries it).
+func TestLMTPAllRefusedIsAuditedRefused(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ListenLMTP = Addrs{"127.0.0.1:0"} })
+	h.setConsent("bob@example.com", "granted")
+	h.up.Inject(relaytest.Fault{Phase: "data", Err: smtpErr(554, "5.7.1 Policy rejection")})
+
+	c := dialFrom(t, h.relay.Addr("lmtp").String(), "")
+	c.reply()
+	c.expect("LHLO postfix.example", "250")
+	c.expect("MAIL FROM:<news@acme.example>", "250")
+	c.expect("RCPT TO:<alice@example.fr>", "250")
+	c.expect("RCPT TO:<bob@example.com>", "250")
+	c.expect("DATA", "354")
+	msg, _ := os.ReadFile("../testdata/messages/newsletter.eml")
+	c.conn.Write(dotStuff(msg))
+	for _, who := range []string{"alice", "bob"} {
+		if r := c.reply(); !strings.HasPrefix(r, "554 5.7.1") {
+			t.Fatalf("%s's status: %q, want 554", who, r)
+		}
+	}
+	c.cmd("QUIT")
+	recs := h.auditRecords()
+	if len(recs) != 1 {
+		t.Fatalf("%d audit records, want 1", len(recs))
+	}
+	if got := recs[0].Outcome; got != "refused" {
+		t.Errorf("audit outcome %q for a message every recipient refused permanently, want refused", got)
+	}
+}

@@ -70,6 +70,29 @@ func TestUpstreamReplyAddressNotLogged(t *testing.T) {
 	}
 }
 
+// The upstream's reply may name a recipient in a form no pattern can be
+// trusted to find (a quoted local part with a blank, unbracketed); the log
+// keeps the reply's codes and leaves its text out.
+func TestUpstreamReplyTextNotLogged(t *testing.T) {
+	h := newHarness(t, nil)
+	h.up.Inject(relaytest.Fault{Phase: "rcpt", Rcpt: "john doe@ok.example",
+		Err: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1},
+			Message: "john doe@ok.example: Recipient address rejected"}})
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c.expect(`RCPT TO:<"john doe"@ok.example>`, "550 5.1.1")
+	c.cmd("QUIT")
+	logs := h.logs.String()
+	if strings.Contains(logs, "john") {
+		t.Errorf("part of a recipient address in the operational log:\n%s", logs)
+	}
+	if !strings.Contains(logs, `reply="550 5.1.1"`) {
+		t.Errorf("the upstream's refusal is not in the log with its codes:\n%s", logs)
+	}
+}
+
 // partialPermanent runs one transaction in which bob (consenting, keep
 // group) is accepted and alice (enforce group) is refused at DATA with a
 // 5xx, and returns the client's final reply.
@@ -128,17 +151,41 @@ func TestDSNHonoursNotifyNever(t *testing.T) {
 }
 
 // A quoted local part is valid SMTP, but the consent store cannot
-// normalise it, and its error quotes the address: the log must not.
+// normalise it, and its error quotes the address: the log must not, not
+// even the words before a blank. Each such recipient still gets a
+// pseudonym of its own in the audit log, visibly not the store's.
 func TestPseudonymErrorAddressNotLogged(t *testing.T) {
 	h := newHarness(t, nil)
 	c := dialFrom(t, h.addr, "")
 	c.reply()
 	c.expect("EHLO client.example", "250")
 	c.expect("MAIL FROM:<a@ok.example>", "250")
-	c.expect(`RCPT TO:<"john doe"@ok.example>`, "250")
+	c.expect(`RCPT TO:<"john.doe smith"@ok.example>`, "250")
+	c.expect(`RCPT TO:<"jane roe"@ok.example>`, "250")
+	c.expect("DATA", "354")
+	c.conn.Write(dotStuff([]byte("From: a@ok.example\r\nSubject: hi\r\n\r\nhello\r\n")))
+	if r := c.reply(); !strings.HasPrefix(r, "250") {
+		t.Fatalf("final reply %q", r)
+	}
 	c.cmd("QUIT")
-	if logs := h.logs.String(); strings.Contains(logs, "john doe") {
-		t.Errorf("plaintext recipient address in the operational log:\n%s", logs)
+	logs := h.logs.String()
+	for _, part := range []string{"john", "smith", "jane", "roe"} {
+		if strings.Contains(logs, part) {
+			t.Errorf("%q of a recipient address in the operational log:\n%s", part, logs)
+		}
+	}
+	recs := h.auditRecords()
+	if len(recs) != 1 || len(recs[0].Recipients) != 2 {
+		t.Fatalf("audit records: %+v", recs)
+	}
+	a, b := recs[0].Recipients[0].Pseudonym, recs[0].Recipients[1].Pseudonym
+	if a == b {
+		t.Errorf("two recipients share the pseudonym %q in the audit log", a)
+	}
+	for _, p := range []string{a, b} {
+		if !strings.HasPrefix(p, "hmac-sha256-ephemeral:") {
+			t.Errorf("pseudonym %q of an address the store cannot pseudonymise is not marked as per-process", p)
+		}
 	}
 }
 

@@ -28,13 +28,26 @@ var retryBucket = []byte("relay_retry_memory")
 // boltRetryMemory keeps the memory in the relay's bbolt file. Recipients are
 // stored as pseudonyms, never addresses.
 type boltRetryMemory struct {
-	db      *bolt.DB
-	ttl     time.Duration
-	now     func() time.Time
-	entries atomic.Int64
+	db  *bolt.DB
+	ttl time.Duration
+	now func() time.Time
+	// latest is the expiry (Unix seconds) of the entry that lives longest:
+	// past it, nothing remembered is valid any more, whether or not a
+	// sweep has removed it yet.
+	latest atomic.Int64
 }
 
-func (m *boltRetryMemory) Empty() bool { return m.entries.Load() == 0 }
+func (m *boltRetryMemory) Empty() bool { return m.now().Unix() > m.latest.Load() }
+
+// extend raises latest to exp.
+func (m *boltRetryMemory) extend(exp int64) {
+	for {
+		cur := m.latest.Load()
+		if exp <= cur || m.latest.CompareAndSwap(cur, exp) {
+			return
+		}
+	}
+}
 
 type retryEntry struct {
 	Expires int64    `json:"expires"`
@@ -79,13 +92,12 @@ func (m *boltRetryMemory) Delivered(key string) (map[string]bool, error) {
 }
 
 func (m *boltRetryMemory) Remember(key string, rcpts []string) error {
+	var exp int64
 	err := m.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(retryBucket)
 		var e retryEntry
 		if v := b.Get([]byte(key)); v != nil {
 			json.Unmarshal(v, &e)
-		} else {
-			defer m.entries.Add(1)
 		}
 		seen := map[string]bool{}
 		for _, r := range e.Rcpts {
@@ -102,9 +114,14 @@ func (m *boltRetryMemory) Remember(key string, rcpts []string) error {
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(key), v)
+		if err := b.Put([]byte(key), v); err != nil {
+			return err
+		}
+		exp = e.Expires
+		return nil
 	})
 	if err == nil {
+		m.extend(exp)
 		go m.sweep()
 	}
 	return err
@@ -121,9 +138,10 @@ func (m *boltRetryMemory) sweep() {
 			var e retryEntry
 			if json.Unmarshal(v, &e) != nil || e.Expires < now {
 				c.Delete()
+				continue
 			}
+			m.extend(e.Expires)
 		}
-		m.entries.Store(int64(b.Stats().KeyN))
 		return nil
 	})
 }

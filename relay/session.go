@@ -181,15 +181,8 @@ func (s *session) proxyRcpt(ctx context.Context, tx *transaction, g *group, rc *
 	}
 	if err := g.tx.Rcpt(ctx, rc.wire, rc.opts); err != nil {
 		s.r.upstreamFailed("rcpt", err)
-		var se *smtp.SMTPError
-		switch {
-		case !errors.As(err, &se):
+		if !isSMTPReply(err) {
 			g.broken = err
-			g.tx = nil
-		case se.Code == 421:
-			// The upstream closed the channel: this recipient hears 4xx,
-			// and the group's transaction is opened afresh (at the next
-			// RCPT, or at DATA for those already accepted).
 			g.tx = nil
 		}
 		return upstreamReply(err)
@@ -205,8 +198,8 @@ func isSMTPReply(err error) bool {
 func (s *session) Data(r io.Reader) error {
 	tx := s.takeTx()
 	s.setDataDeadline()
+	defer s.endData()
 	out := s.data(tx, r)
-	s.endData()
 	if out == nil || out.reply == nil {
 		// A nil *SMTPError in an error interface is not nil, and go-smtp
 		// would dereference it: return a true nil for "250 OK".
@@ -220,8 +213,8 @@ func (s *session) Data(r io.Reader) error {
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	tx := s.takeTx()
 	s.setDataDeadline()
+	defer s.endData()
 	out := s.data(tx, r)
-	s.endData()
 	if out == nil || out.perRecipient == nil {
 		if out == nil || out.reply == nil {
 			return nil
@@ -253,7 +246,11 @@ func (s *session) takeTx() *transaction {
 }
 
 func (s *session) endData() {
-	s.inTx.Store(false)
+	// Under BDAT, a RSET and a new MAIL may have come while this message
+	// streamed: that transaction is the session's now.
+	s.mu.Lock()
+	s.inTx.Store(s.tx != nil)
+	s.mu.Unlock()
 	if s.raw != nil {
 		s.raw.dataUntil.Store(0)
 	}
@@ -306,6 +303,9 @@ func (s *session) data(tx *transaction, r io.Reader) *outcome {
 		return &outcome{reply: reply}
 	}
 	defer msg.Close()
+	// Should deliver panic (go-smtp recovers), the upstream transactions
+	// opened at RCPT still end; after a normal return this does nothing.
+	defer tx.abort()
 	return s.r.deliver(s, tx, msg)
 }
 
@@ -349,8 +349,9 @@ func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym strin
 	st, err := r.deps.Consent.Lookup(ctx, tenant, addr, consent.PurposeOpenTracking)
 	if err != nil {
 		r.metrics.consentLookups.WithLabelValues("error").Inc()
-		// The store's message may quote the address; the log must not.
-		r.log.Warn("consent lookup failed; stripping for this recipient", "tenant", tenant, "recipient", pseudonym, "err", redactAddresses(err.Error()))
+		// The store's message quotes the address; the log gets its class.
+		r.log.Warn("consent lookup failed; stripping for this recipient",
+			append([]any{"tenant", tenant, "recipient", pseudonym}, consentErrorCause(err)...)...)
 		return "error"
 	}
 	r.metrics.consentLookups.WithLabelValues("ok").Inc()
@@ -360,11 +361,16 @@ func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym strin
 	return string(st)
 }
 
+// pseudonym falls back to a per-process pseudonym when the store cannot
+// give its own: one shared placeholder would make the audit log unable to
+// tell such recipients apart, and the retry memory take one delivered
+// recipient for all of them.
 func (r *Relay) pseudonym(addr string) string {
 	p, err := r.deps.Consent.Pseudonym(addr)
 	if err != nil {
-		r.log.Error("cannot pseudonymise a recipient", "err", redactAddresses(err.Error()))
-		return "hmac-sha256:unavailable"
+		p = ephemeralPseudonym(addr)
+		r.log.Warn("the consent store cannot pseudonymise a recipient; the audit log names it by a pseudonym valid in this process only",
+			append([]any{"recipient", p}, consentErrorCause(err)...)...)
 	}
 	return p
 }
@@ -380,10 +386,10 @@ func (r *Relay) upstreamFailed(phase string, err error) {
 	}
 	r.metrics.upstreamErrors.WithLabelValues(phase, kind).Inc()
 	if isSMTPReply(err) {
-		r.log.Info("upstream refused", "phase", phase, "reply", redactAddresses(err.Error()))
+		r.log.Info("upstream refused", "phase", phase, upstreamCause(err))
 		return
 	}
-	r.log.Warn("upstream unavailable", "phase", phase, "err", redactAddresses(err.Error()))
+	r.log.Warn("upstream unavailable", "phase", phase, upstreamCause(err))
 }
 
 // action is the rewrite action a group's copy gets.

@@ -54,14 +54,33 @@ func (c *upClient) Close() error { return c.conn.Close() }
 
 // reply reads one (possibly multi-line) reply and turns anything but an
 // expected code into an *smtp.SMTPError, so callers pass the upstream's
-// verdict through with its own code.
+// verdict through with its own code. A 421 is the exception: whatever the
+// command, it means the upstream is closing the channel, which is a
+// transport failure like any other; passed through, it would tell our
+// client that we are closing ours.
 func (c *upClient) reply(expect int) (int, string, error) {
 	code, msg, err := c.text.ReadResponse(expect)
 	var pe *textproto.Error
 	if errors.As(err, &pe) {
-		return code, msg, toSMTPError(pe.Code, pe.Msg)
+		se := toSMTPError(pe.Code, pe.Msg)
+		if se.Code == 421 {
+			c.conn.Close()
+			return code, msg, &closingError{code: se.Code, enh: se.EnhancedCode}
+		}
+		return code, msg, se
 	}
 	return code, msg, err
+}
+
+// closingError is an upstream's 421. It keeps the codes for the log, not
+// the text, and is deliberately not an *smtp.SMTPError.
+type closingError struct {
+	code int
+	enh  smtp.EnhancedCode
+}
+
+func (e *closingError) Error() string {
+	return fmt.Sprintf("the upstream closed the connection (%d %d.%d.%d)", e.code, e.enh[0], e.enh[1], e.enh[2])
 }
 
 // cmd sends one command and reads its reply within the command timeout.
@@ -256,23 +275,20 @@ func xtext(s string) string {
 	return b.String()
 }
 
+// errNothingSent marks a failure of the DATA command itself, before the
+// upstream has seen a byte of the message: the one failure after RCPT that
+// is safe to try again on another connection.
+var errNothingSent = errors.New("the upstream connection failed before any of the message was sent")
+
 // data sends the message written by write and returns the final reply's
 // text. If write fails the connection is closed without the final dot, so
 // the upstream never accepts a truncated copy.
-// errBeforeData marks a failure of the DATA command itself, before the
-// upstream has seen a byte of the message: safe to try again elsewhere.
-type errBeforeData struct{ err error }
-
-func (e errBeforeData) Error() string { return e.err.Error() }
-func (e errBeforeData) Unwrap() error { return e.err }
-
 func (c *upClient) data(write func(io.Writer) error) (string, error) {
 	if _, _, err := c.cmd(354, "DATA"); err != nil {
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) || se.Code == 421 {
+		if !isSMTPReply(err) {
 			// The connection is gone (an idle upstream hung up while the
-			// client was still uploading): nothing was sent.
-			return "", errBeforeData{err}
+			// client was still uploading).
+			return "", fmt.Errorf("%w: %w", errNothingSent, err)
 		}
 		return "", err
 	}

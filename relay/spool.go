@@ -10,8 +10,6 @@ import (
 	"net/textproto"
 	"os"
 	"sync"
-
-	"github.com/emersion/go-smtp"
 )
 
 // message is one received message body, held in memory up to a threshold
@@ -23,16 +21,21 @@ type message struct {
 	size   int64
 	header textproto.MIMEHeader
 	buf    *[]byte // pooled backing array of mem
+	sum    []byte  // digest, once computed
 }
 
 // digest is the SHA-256 of the message as the client sent it, the message
 // half of the retry-memory key. It is computed only when needed: a pass
 // over every message for a memory that is almost always empty would cost
-// more than the lookup.
+// more than the lookup. It is kept: a message that is looked up in the
+// memory and then remembered must not be read twice.
 func (m *message) digest() []byte {
-	h := sha256.New()
-	io.Copy(h, m.Reader())
-	return h.Sum(nil)
+	if m.sum == nil {
+		h := sha256.New()
+		io.Copy(h, m.Reader())
+		m.sum = h.Sum(nil)
+	}
+	return m.sum
 }
 
 // Reader returns a fresh reader over the whole body.
@@ -259,24 +262,6 @@ func parseHeader(m *message, end int) textproto.MIMEHeader {
 		h = textproto.MIMEHeader{}
 	}
 	return h
-}
-
-// dataError maps a failure while receiving DATA to the client's reply.
-func dataError(err error) *smtp.SMTPError {
-	var se *smtp.SMTPError
-	switch {
-	case errors.As(err, &se):
-		return se // go-smtp's ErrDataTooLarge
-	case errors.Is(err, errBareLineEnding):
-		return errBadLineEnding
-	case errors.Is(err, errHeaderSize):
-		return errHeaderTooBig
-	case errors.Is(err, errLineLength), errors.Is(err, smtp.ErrTooLongLine):
-		return errLineTooLong
-	case isTimeout(err):
-		return errDataTimeout
-	}
-	return errLocal
 }
 
 // copyBuffer holds one finished copy when it must be complete before it is

@@ -177,31 +177,58 @@ func (e *UpstreamError) Error() string { return "upstream " + e.Phase + ": " + e
 func (e *UpstreamError) Unwrap() error { return e.Err }
 
 func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOptions) (Tx, error) {
-	conn, err := u.get(ctx)
+	conn, reused, err := u.get(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if opts != nil && opts.UTF8 && !conn.c.has("SMTPUTF8") {
+	if refusal := unsupported(conn.c, opts); refusal != nil {
 		u.put(conn)
-		return nil, errUpstreamNoSMTPUTF8
+		return nil, refusal
 	}
-	if opts != nil && opts.RequireTLS && !conn.c.has("REQUIRETLS") {
-		u.put(conn)
-		return nil, errUpstreamNoRequireTLS
+	err = conn.c.mail(from, opts)
+	if err != nil && reused && !isSMTPReply(err) {
+		// A pooled connection the upstream dropped while it sat idle fails
+		// here, at the first command of a transaction: no transaction
+		// exists yet, so none can be duplicated by starting afresh. This
+		// replaces a NOOP round trip before every reuse.
+		conn.c.Close()
+		if conn, err = u.dial(ctx); err != nil {
+			return nil, err
+		}
+		if refusal := unsupported(conn.c, opts); refusal != nil {
+			u.put(conn)
+			return nil, refusal
+		}
+		err = conn.c.mail(from, opts)
 	}
-	if err := conn.c.mail(from, opts); err != nil {
+	if err != nil {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code == 530 {
 			// "Authentication required": the upstream wants credentials
 			// this relay was not given. That is our configuration, not
 			// the message: temporary, so mail waits for the fix.
 			conn.c.Close()
+			// The reply's text is left out: this error is logged, and an
+			// upstream's text may name addresses.
 			return nil, &UpstreamError{Phase: "auth", Err: fmt.Errorf(
-				"%s requires AUTH (%d %s); give the upstream URL user:password@ (and use starttls:// or smtps://)", u.opt.URL.Addr, se.Code, se.Message)}
+				"%s requires AUTH (%d %d.%d.%d); give the upstream URL user:password@ (and use starttls:// or smtps://)",
+				u.opt.URL.Addr, se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])}
 		}
 		return nil, u.fail(conn, "mail", err)
 	}
 	return &smtpTx{up: u, conn: conn}, nil
+}
+
+// unsupported refuses a transaction the upstream cannot carry as the
+// client asked for it.
+func unsupported(c *upClient, opts *smtp.MailOptions) error {
+	switch {
+	case opts != nil && opts.UTF8 && !c.has("SMTPUTF8"):
+		return errUpstreamNoSMTPUTF8
+	case opts != nil && opts.RequireTLS && !c.has("REQUIRETLS"):
+		return errUpstreamNoRequireTLS
+	}
+	return nil
 }
 
 // fail classifies an error from a connection in use. An SMTP reply leaves
@@ -210,19 +237,16 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 func (u *smtpUpstream) fail(conn *upConn, phase string, err error) error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		if se.Code == 421 {
-			// 421: the server is closing the channel.
-			conn.c.Close()
-		} else {
-			u.put(conn)
-		}
+		u.put(conn)
 		return se
 	}
 	conn.c.Close()
 	return &UpstreamError{Phase: phase, Err: err}
 }
 
-func (u *smtpUpstream) get(ctx context.Context) (*upConn, error) {
+// get returns a pooled connection, unchecked (see Begin), or a new one;
+// reused tells which.
+func (u *smtpUpstream) get(ctx context.Context) (conn *upConn, reused bool, err error) {
 	for {
 		u.mu.Lock()
 		n := len(u.idle)
@@ -237,15 +261,10 @@ func (u *smtpUpstream) get(ctx context.Context) (*upConn, error) {
 			conn.c.Close()
 			continue
 		}
-		// NOOP is the health check: a connection the server closed fails
-		// here instead of in the middle of a transaction.
-		if err := conn.c.noop(); err != nil {
-			conn.c.Close()
-			continue
-		}
-		return conn, nil
+		return conn, true, nil
 	}
-	return u.dial(ctx)
+	conn, err = u.dial(ctx)
+	return conn, false, err
 }
 
 func (u *smtpUpstream) put(conn *upConn) {
@@ -377,9 +396,18 @@ func isLoopbackHost(h string) bool {
 }
 
 func (u *smtpUpstream) Check(ctx context.Context) error {
-	conn, err := u.get(ctx)
+	conn, reused, err := u.get(ctx)
 	if err != nil {
 		return err
+	}
+	if reused {
+		// A pooled connection proves nothing until the upstream answers.
+		if err := conn.c.noop(); err != nil {
+			conn.c.Close()
+			if conn, err = u.dial(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	u.put(conn)
 	return nil
@@ -413,10 +441,6 @@ func (t *smtpTx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) er
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		// A refused recipient leaves the transaction open for the others.
-		if se.Code == 421 {
-			t.conn.c.Close()
-			t.conn = nil
-		}
 		return se
 	}
 	t.conn.c.Close()
@@ -430,6 +454,14 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		return Reply{}, &UpstreamError{Phase: "data", Err: errors.New("transaction already ended")}
 	}
 	t.conn = nil
+	defer func() {
+		if p := recover(); p != nil {
+			// A panic while the copy streams (a bug) must not leave the
+			// upstream inside DATA on a connection nobody owns any more.
+			conn.c.Close()
+			panic(p)
+		}
+	}()
 	var werr error
 	text, err := conn.c.data(func(w io.Writer) error {
 		werr = write(w)
@@ -439,11 +471,6 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		// Our own failure (rewrite, spool): the connection was closed
 		// without the final dot.
 		return Reply{}, werr
-	}
-	var bd errBeforeData
-	if errors.As(err, &bd) {
-		conn.c.Close()
-		return Reply{}, &UpstreamError{Phase: "data-command", Err: bd.err}
 	}
 	if err != nil {
 		return Reply{}, t.up.fail(conn, "data", err)
