@@ -57,7 +57,7 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 
 // newHarnessDeps is newHarness with a last say over the relay's
 // dependencies, for a test that wraps one of the real parts.
-func newHarnessDeps(t *testing.T, mutate func(*Config), wrap func(*Deps)) *harness {
+func newHarnessDeps(t testing.TB, mutate func(*Config), wrap func(*Deps)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	h := &harness{t: t, up: relaytest.NewUpstream(t), logs: &syncBuffer{}}
