@@ -205,3 +205,49 @@ func TestLookupHonoursDeadlineWhenDatabaseWaits(t *testing.T) {
 		t.Errorf("after the writer finished: %s", st)
 	}
 }
+
+// The relay turns each recipient into a Subject once and uses it for both
+// its pseudonym and its lookup: both must be what the address-based calls
+// give, for every spelling the store treats as the same address.
+func TestSubjectServesPseudonymAndLookup(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	mustRecord(t, s, grant("bob@example.com"))
+	ctx := context.Background()
+	for _, addr := range []string{"bob@example.com", "Bob@EXAMPLE.com", "carol@example.com"} {
+		sub, err := s.Subject(addr)
+		if err != nil {
+			t.Fatalf("Subject(%q): %v", addr, err)
+		}
+		p, err := s.Pseudonym(addr)
+		if err != nil || sub.Pseudonym() != p {
+			t.Errorf("Subject(%q).Pseudonym() = %q, Pseudonym = %q, %v", addr, sub.Pseudonym(), p, err)
+		}
+		want := mustLookup(t, s, DefaultTenant, addr, PurposeOpenTracking)
+		if strings.HasPrefix(strings.ToLower(addr), "bob@") && want != Granted {
+			t.Fatalf("Lookup(%q) = %q, want granted", addr, want)
+		}
+		got, err := s.LookupSubject(ctx, DefaultTenant, sub, PurposeOpenTracking)
+		if err != nil || got != want {
+			t.Errorf("LookupSubject(%q) = %q, %v; Lookup gives %q", addr, got, err, want)
+		}
+		if other, err := s.LookupSubject(ctx, "other-tenant", sub, PurposeOpenTracking); err != nil || other != Unknown {
+			t.Errorf("LookupSubject(%q) in another tenant = %q, %v; want unknown", addr, other, err)
+		}
+	}
+	if _, err := s.LookupSubject(ctx, DefaultTenant, Subject{}, PurposeOpenTracking); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("LookupSubject with a zero Subject: %v, want ErrInvalidInput", err)
+	}
+	if _, err := s.Subject("not an address"); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("Subject of a non-address: %v, want ErrInvalidInput", err)
+	}
+	if raceEnabled {
+		return // allocation counts differ under the race detector
+	}
+	sub, _ := s.Subject("bob@example.com")
+	allocs := testing.AllocsPerRun(1000, func() {
+		s.LookupSubject(ctx, DefaultTenant, sub, PurposeOpenTracking)
+	})
+	if allocs > 1 {
+		t.Errorf("LookupSubject allocates %.1f times per call, want at most 1 (as Lookup)", allocs)
+	}
+}

@@ -382,22 +382,45 @@ func secretIn(tx *bbolt.Tx, name string, create bool) ([]byte, error) {
 	return v, b.Put([]byte(name), v)
 }
 
-// Pseudonym returns "hmac-sha256:<hex>", the keyed HMAC of the normalised
-// address. The relay writes it to audit logs instead of the address; the
-// consent store uses the same digest as the subject key, so an audit entry
-// can be matched to its consent record (and only with this store's key).
-func (s *Store) Pseudonym(addr string) (string, error) {
+// Subject is an address as the store knows it: the keyed HMAC of its
+// normalised form. That digest is both the address's pseudonym and, with
+// the tenant, the key of its consent record, so the relay computes it once
+// per recipient and uses it for both. The zero Subject stands for no
+// address.
+type Subject struct {
+	mac [32]byte
+	set bool
+}
+
+// Pseudonym returns "hmac-sha256:<hex>". The relay writes it to audit logs
+// instead of the address; an audit entry can be matched to its consent
+// record, and only with this store's key.
+func (sub Subject) Pseudonym() string {
+	return "hmac-sha256:" + hex.EncodeToString(sub.mac[:])
+}
+
+// Subject normalises addr and returns its keyed digest.
+func (s *Store) Subject(addr string) (Subject, error) {
 	var buf [maxAddressLen * 2]byte
 	norm, err := appendNormalized(buf[:0], addr, s.opts.IgnorePlusTag, false)
 	if err != nil {
-		return "", err
+		return Subject{}, err
 	}
 	if s.pseudoKey == nil {
-		return "", fmt.Errorf("database %s has no pseudonym key yet (opened read-only before first use): %w", s.path, ErrNotFound)
+		return Subject{}, fmt.Errorf("database %s has no pseudonym key yet (opened read-only before first use): %w", s.path, ErrNotFound)
 	}
-	var mac [32]byte
-	s.hmacInto(&mac, norm)
-	return "hmac-sha256:" + hex.EncodeToString(mac[:]), nil
+	sub := Subject{set: true}
+	s.hmacInto(&sub.mac, norm)
+	return sub, nil
+}
+
+// Pseudonym is Subject(addr).Pseudonym().
+func (s *Store) Pseudonym(addr string) (string, error) {
+	sub, err := s.Subject(addr)
+	if err != nil {
+		return "", err
+	}
+	return sub.Pseudonym(), nil
 }
 
 // keyBuf is Lookup's scratch space. It comes from a pool because the key
@@ -471,9 +494,14 @@ func (s *Store) lookupKey(buf *keyBuf, tenant, addr string) ([]byte, error) {
 		return nil, err
 	}
 	s.hmacInto(&buf.mac, norm)
+	return buf.subjectKey(tenant), nil
+}
+
+// subjectKey is the subjects bucket's key for buf.mac in tenant.
+func (buf *keyBuf) subjectKey(tenant string) []byte {
 	key := append(buf.key[:0], tenant...)
 	key = append(key, 0)
-	return append(key, buf.mac[:]...), nil
+	return append(key, buf.mac[:]...)
 }
 
 func (s *Store) sealAddress(mac [32]byte, norm []byte) []byte {
@@ -614,6 +642,32 @@ func (s *Store) Lookup(ctx context.Context, tenant, addr, purpose string) (State
 	if err != nil || key == nil {
 		return Unknown, err
 	}
+	return s.lookupAt(ctx, tenant, key, purpose)
+}
+
+// LookupSubject is Lookup for an address already turned into a Subject.
+func (s *Store) LookupSubject(ctx context.Context, tenant string, sub Subject, purpose string) (State, error) {
+	if !s.purposes[purpose] {
+		return Unknown, s.checkPurpose(purpose)
+	}
+	if !sub.set {
+		return Unknown, fmt.Errorf("consent lookup without an address (a zero Subject): %w", ErrInvalidInput)
+	}
+	if err := validTenant(tenant); err != nil {
+		return Unknown, err
+	}
+	buf, _ := s.bufs.Get().(*keyBuf)
+	if buf == nil {
+		buf = new(keyBuf)
+	}
+	defer s.bufs.Put(buf)
+	buf.mac = sub.mac
+	return s.lookupAt(ctx, tenant, buf.subjectKey(tenant), purpose)
+}
+
+// lookupAt reads purpose's state from the record at key. key may live in
+// a pooled buffer: it is not kept past the return.
+func (s *Store) lookupAt(ctx context.Context, tenant string, key []byte, purpose string) (State, error) {
 	if v := s.acquireView(); v != nil {
 		st, err := stateIn(v.subjects, tenant, key, purpose)
 		v.release()
@@ -630,7 +684,7 @@ func (s *Store) Lookup(ctx context.Context, tenant, addr, purpose string) (State
 		err error
 	}
 	ch := make(chan answer, 1)
-	key = bytes.Clone(key) // buf goes back to the pool when we return
+	key = bytes.Clone(key) // the caller's buffer goes back to its pool when we return
 	go func() {
 		st, err := s.lookupTx(tenant, key, purpose)
 		ch <- answer{st, err}

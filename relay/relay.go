@@ -23,10 +23,11 @@ import (
 
 // ConsentSource is what the relay needs from the consent store.
 type ConsentSource interface {
-	Lookup(ctx context.Context, tenant, addr, purpose string) (consent.State, error)
-	// Pseudonym is the keyed hash that stands for an address in the audit
-	// log and the retry memory.
-	Pseudonym(addr string) (string, error)
+	// Subject turns an address into the keyed hash that both stands for
+	// it in the audit log and the retry memory (its Pseudonym) and keys
+	// its consent record: one HMAC per recipient serves both.
+	Subject(addr string) (consent.Subject, error)
+	LookupSubject(ctx context.Context, tenant string, sub consent.Subject, purpose string) (consent.State, error)
 }
 
 // Rewriter is what the relay needs from the rewrite engine.

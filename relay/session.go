@@ -144,8 +144,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	defer cancel()
 
 	rc := &recipient{addr: to, wire: quoteAddress(to), opts: opts}
-	rc.pseudonym = s.r.pseudonym(to)
-	rc.consent = s.r.lookupConsent(ctx, tx.tenant, to, rc.pseudonym)
+	rc.pseudonym, rc.consent = s.r.lookupConsent(ctx, tx.tenant, to)
 	// Fail closed: only an explicit grant keeps the trackers. Dry-run
 	// forwards the original to everyone and only records the decision.
 	g := tx.enforce
@@ -342,37 +341,36 @@ func (tx *transaction) abort() {
 	}
 }
 
-// lookupConsent fails closed: any error is "error", which strips.
-func (r *Relay) lookupConsent(ctx context.Context, tenant, addr, pseudonym string) string {
+// lookupConsent returns the recipient's pseudonym and consent state. It
+// fails closed: any error is "error", which strips. An address the store
+// cannot pseudonymise gets a per-process pseudonym: one shared placeholder
+// would make the audit log unable to tell such recipients apart, and the
+// retry memory take one delivered recipient for all of them.
+func (r *Relay) lookupConsent(ctx context.Context, tenant, addr string) (pseudonym, state string) {
+	sub, err := r.deps.Consent.Subject(addr)
+	if err != nil {
+		pseudonym = ephemeralPseudonym(addr)
+		r.metrics.consentLookups.WithLabelValues("error").Inc()
+		r.log.Warn("the consent store cannot pseudonymise a recipient; stripping for it, and the audit log names it by a pseudonym valid in this process only",
+			append([]any{"tenant", tenant, "recipient", pseudonym}, consentErrorCause(err)...)...)
+		return pseudonym, "error"
+	}
+	pseudonym = sub.Pseudonym()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := r.deps.Consent.Lookup(ctx, tenant, addr, consent.PurposeOpenTracking)
+	st, err := r.deps.Consent.LookupSubject(ctx, tenant, sub, consent.PurposeOpenTracking)
 	if err != nil {
 		r.metrics.consentLookups.WithLabelValues("error").Inc()
 		// The store's message quotes the address; the log gets its class.
 		r.log.Warn("consent lookup failed; stripping for this recipient",
 			append([]any{"tenant", tenant, "recipient", pseudonym}, consentErrorCause(err)...)...)
-		return "error"
+		return pseudonym, "error"
 	}
 	r.metrics.consentLookups.WithLabelValues("ok").Inc()
 	if st == "" {
-		return string(consent.Unknown)
+		return pseudonym, string(consent.Unknown)
 	}
-	return string(st)
-}
-
-// pseudonym falls back to a per-process pseudonym when the store cannot
-// give its own: one shared placeholder would make the audit log unable to
-// tell such recipients apart, and the retry memory take one delivered
-// recipient for all of them.
-func (r *Relay) pseudonym(addr string) string {
-	p, err := r.deps.Consent.Pseudonym(addr)
-	if err != nil {
-		p = ephemeralPseudonym(addr)
-		r.log.Warn("the consent store cannot pseudonymise a recipient; the audit log names it by a pseudonym valid in this process only",
-			append([]any{"recipient", p}, consentErrorCause(err)...)...)
-	}
-	return p
+	return pseudonym, string(st)
 }
 
 func (r *Relay) upstreamFailed(phase string, err error) {
