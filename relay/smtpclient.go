@@ -280,6 +280,13 @@ func xtext(s string) string {
 // is safe to try again on another connection.
 var errNothingSent = errors.New("the upstream connection failed before any of the message was sent")
 
+// upstreamWriteError is a write to the upstream connection that failed
+// while a copy streamed.
+type upstreamWriteError struct{ err error }
+
+func (e *upstreamWriteError) Error() string { return "sending the message: " + e.err.Error() }
+func (e *upstreamWriteError) Unwrap() error { return e.err }
+
 // data sends the message written by write and returns the final reply's
 // text. If write fails the connection is closed without the final dot, so
 // the upstream never accepts a truncated copy.
@@ -297,6 +304,11 @@ func (c *upClient) data(write func(io.Writer) error) (string, error) {
 	dw := &dotWriter{w: c.text.W, bol: true}
 	if err := write(dw); err != nil {
 		c.conn.Close()
+		if dw.failed {
+			// The upstream went away mid-transfer: its failure, not the
+			// writer's.
+			return "", &upstreamWriteError{err}
+		}
 		return "", err
 	}
 	if err := dw.close(); err != nil {
@@ -320,9 +332,20 @@ type dotWriter struct {
 	w      *bufio.Writer
 	bol    bool // at the beginning of a line
 	lastCR bool
+	// failed: a write to the connection failed. The writer's caller may
+	// wrap or replace the error; this says whose failure it was.
+	failed bool
 }
 
 func (d *dotWriter) Write(p []byte) (int, error) {
+	n, err := d.write(p)
+	if err != nil {
+		d.failed = true
+	}
+	return n, err
+}
+
+func (d *dotWriter) write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
 		if d.bol && p[0] == '.' {

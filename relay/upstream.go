@@ -467,7 +467,8 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		werr = write(w)
 		return werr
 	})
-	if werr != nil {
+	var uwe *upstreamWriteError
+	if werr != nil && !errors.As(err, &uwe) {
 		// Our own failure (rewrite, spool): the connection was closed
 		// without the final dot.
 		return Reply{}, werr

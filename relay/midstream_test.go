@@ -1,0 +1,93 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"strings"
+	"testing"
+)
+
+// resettingUpstream accepts MAIL and RCPT, answers DATA with 354, then
+// drops the connection (RST) while the relay streams the message: the next
+// hop failing in mid-transfer.
+func resettingUpstream(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				c.Write([]byte("220 up.test ESMTP\r\n"))
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					cmd := strings.ToUpper(strings.TrimSpace(line))
+					switch {
+					case strings.HasPrefix(cmd, "EHLO"):
+						c.Write([]byte("250-up.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"))
+					case cmd == "DATA":
+						c.Write([]byte("354 go ahead\r\n"))
+						r.Peek(1)
+						c.(*net.TCPConn).SetLinger(0)
+						return // reset while the body arrives
+					case strings.HasPrefix(cmd, "QUIT"):
+						c.Write([]byte("221 bye\r\n"))
+						return
+					default:
+						c.Write([]byte("250 ok\r\n"))
+					}
+				}
+			}(c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// The next hop dropping the connection while the copy streams is a
+// transport failure (451 4.4.1, counted as an upstream error), not "our
+// own failure while building a copy" (451 4.3.0).
+func TestUpstreamDropMidStreamIsTransportFailure(t *testing.T) {
+	addr := resettingUpstream(t)
+	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + addr })
+	var body bytes.Buffer
+	body.WriteString("From: news@acme.example\r\nSubject: hi\r\n\r\n")
+	for body.Len() < 4<<20 {
+		body.WriteString("hello hello hello hello hello hello hello hello hello hello hello\r\n")
+	}
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<news@acme.example>", "250")
+	c.expect("RCPT TO:<alice@example.fr>", "250")
+	c.expect("DATA", "354")
+	c.conn.Write(dotStuff(body.Bytes()))
+	r := c.reply()
+	t.Logf("client heard %q", r)
+	if strings.Contains(h.logs.String(), "could not build a copy") {
+		t.Errorf("an upstream reset in mid-transfer was logged as our own fault:\n%s", grepLines(h.logs.String(), "could not build"))
+	}
+	if !strings.HasPrefix(r, "451 4.4.1") {
+		t.Errorf("client heard %q, want 451 4.4.1 (next hop unavailable)", r)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
