@@ -107,11 +107,17 @@ func buildDSN(host string, tx *transaction, msg *message, failed []*recipient, n
 		se := dsnReply(rc.status)
 		crlf("")
 		if rc.opts != nil && rc.opts.OriginalRecipient != "" {
-			kind := "rfc822"
+			kind, orcpt := "rfc822", oneLine(rc.opts.OriginalRecipient)
 			if rc.opts.OriginalRecipientType == smtp.DSNAddressTypeUTF8 {
 				kind = "utf-8"
+				if !utf8 {
+					// A 7-bit report carries it as utf-8-addr-xtext
+					// (RFC 6533 §3); the client may send a UTF-8 ORCPT in
+					// that form without SMTPUTF8.
+					orcpt = utf8AddrXtext(orcpt)
+				}
 			}
-			crlf("Original-Recipient: %s;%s", kind, oneLine(rc.opts.OriginalRecipient))
+			crlf("Original-Recipient: %s;%s", kind, orcpt)
 		}
 		if isASCII(rc.addr) {
 			crlf("Final-Recipient: rfc822; %s", rc.wire)
