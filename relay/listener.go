@@ -149,6 +149,13 @@ type trackedConn struct {
 	plain atomic.Bool
 	// tlsAsked: the last line handed over was a STARTTLS, unanswered yet.
 	tlsAsked atomic.Bool
+	// authAsked: the last line handed over was an AUTH command or a SASL
+	// response, unanswered yet; sasl: go-smtp answered it with 334, so
+	// the next line is a SASL response, which go-smtp's handleAuth reads
+	// as such. Given a command's meaning ("BDAT 4294967295"), it would
+	// set the wrapper and go-smtp reading the stream differently.
+	authAsked atomic.Bool
+	sasl      atomic.Bool
 	// inData is set when a 354 goes out and cleared at the end of the
 	// message.
 	inData atomic.Bool
@@ -227,6 +234,7 @@ func (c *trackedConn) Read(p []byte) (n int, err error) {
 	}
 	// go-smtp reads again, so it has answered the line held at.
 	c.tlsAsked.Store(false)
+	c.authAsked.Store(false)
 	if c.tail == c.head && c.chunkLeft > 0 && !c.inData.Load() {
 		// A large chunk goes from the socket straight into go-smtp's
 		// buffer, without a copy through ours.
@@ -332,6 +340,18 @@ func (c *trackedConn) handOver(p []byte) int {
 			}
 			line := in[:i+1]
 			c.head += i + 1
+			if c.sasl.Swap(false) {
+				// A SASL response: passed as it is, held like a command
+				// until go-smtp answers (334 again, or the end of AUTH).
+				k := copy(p[n:], line)
+				n += k
+				if k < len(line) {
+					c.outBuf = append(c.outBuf[:0], line[k:]...)
+					c.out = c.outBuf
+				}
+				c.authAsked.Store(true)
+				return n
+			}
 			fixed, _ := fixORCPTLine(line)
 			k := copy(p[n:], fixed)
 			n += k
@@ -350,6 +370,9 @@ func (c *trackedConn) handOver(p []byte) int {
 			case "STARTTLS":
 				c.tlsAsked.Store(true)
 				return n
+			case "AUTH":
+				c.authAsked.Store(true)
+				return n
 			}
 		}
 	}
@@ -359,14 +382,18 @@ func (c *trackedConn) handOver(p []byte) int {
 // turnsOnReply tells whether the bytes after this command line mean
 // something that depends on go-smtp's answer to it, as go-smtp parses the
 // line (parseCmd): "DATA" (a message after 354), "STARTTLS" (a handshake
-// after 220), or "". It errs on the side of naming a command: holding after
-// a line go-smtp refuses costs nothing.
+// after 220), "AUTH" (a SASL response after 334), or "". It errs on the
+// side of naming a command: holding after a line go-smtp refuses costs
+// nothing.
 func turnsOnReply(line []byte) string {
 	if len(line) < 4 {
 		return ""
 	}
 	if bytes.EqualFold(line[:4], []byte("DATA")) {
 		return "DATA"
+	}
+	if bytes.EqualFold(line[:4], []byte("AUTH")) {
+		return "AUTH"
 	}
 	// go-smtp upper-cases the whole line first, so "ſTARTTLS" (long s)
 	// is a STARTTLS to it too.
@@ -404,6 +431,10 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 			// go-smtp does and handOver finds its end with go-smtp's rule.
 			c.ddState = ddBeginLine
 			c.inData.Store(true)
+		case "334 ":
+			if c.authAsked.Load() {
+				c.sasl.Store(true)
+			}
 		case "220 ":
 			if c.tlsAsked.Load() {
 				// go-smtp starts the handshake on this connection: from
