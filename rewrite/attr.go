@@ -150,12 +150,20 @@ func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 		case "xlink:href":
 			dst = &out.xlinkHref
 		}
+		// A removal takes the whitespace before the attribute, but when
+		// the next attribute follows right after it (`"…"class=x`) one
+		// space must stay, or that name is glued to what came before:
+		// `<td background="…"class=x>` would become `<tdclass=x>`.
+		cut := wsStart
+		if nameStart > wsStart && end < te && !isSpace(view[end]) && view[end] != '>' && view[end] != '/' {
+			cut = wsStart + 1
+		}
 		switch {
 		case dst == nil:
 		case !dst.ok:
-			*dst = attrSpan{ok: true, name: rem, start: wsStart, end: end, vs: vs, ve: ve}
+			*dst = attrSpan{ok: true, name: rem, start: cut, end: end, vs: vs, ve: ve}
 		case rem != notRemovable:
-			out.dups = append(out.dups, attrDup{name: rem, start: wsStart, end: end})
+			out.dups = append(out.dups, attrDup{name: rem, start: cut, end: end})
 		}
 	}
 }

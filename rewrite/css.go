@@ -1,6 +1,9 @@
 package rewrite
 
-import "html"
+import (
+	"bytes"
+	"html"
+)
 
 // cssRef is one url() or @import target found in CSS, with the range of the
 // declaration (or @import rule) that removing it takes away.
@@ -65,6 +68,29 @@ func scanCSS(view []byte, s, e int, attr bool, out []cssRef) []cssRef {
 				out = append(out, cssRef{url: u, start: abs(stmt), end: abs(end)})
 			}
 			i = j
+		case c == '(' && isImageSet(css[identStart(css, stmt, i):i]):
+			out = imageSetStrings(css, i+1, stmt, abs, out)
+			i++
+		case c == '\\':
+			// A name with escapes: CSS undoes them before it knows the
+			// name, so `\75 rl(` is url( and `image-s\65t(` image-set(.
+			k := identStart(css, stmt, i)
+			j := identEnd(css, k)
+			if j < n && css[j] == '(' {
+				name := unescapeCSS(css[k:j])
+				if string(bytes.ToLower(name)) == "url" {
+					u, m := readCSSURL(css, j+1)
+					if end, ok := declEnd(css, m); ok && u != nil {
+						out = append(out, cssRef{url: u, start: abs(stmt), end: abs(end)})
+					}
+					i = m
+					continue
+				}
+				if isImageSet(name) {
+					out = imageSetStrings(css, j+1, stmt, abs, out)
+				}
+			}
+			i = max(j, i+1)
 		default:
 			i++
 		}
@@ -230,4 +256,80 @@ func unescapeWithOffsets(raw []byte, base int) ([]byte, []int) {
 	}
 	offs = append(offs, base+len(raw))
 	return out, offs
+}
+
+// identStart is where the name that ends at i begins (not before stmt).
+func identStart(css []byte, stmt, i int) int {
+	for i > stmt && isIdentChar(css[i-1]) {
+		i--
+	}
+	return i
+}
+
+// identEnd is where the name starting at i ends, escapes included.
+func identEnd(css []byte, i int) int {
+	for i < len(css) {
+		switch c := css[i]; {
+		case isIdentChar(c):
+			i++
+		case c == '\\' && i+1 < len(css) && css[i+1] != '\n' && css[i+1] != '\r' && css[i+1] != '\f':
+			i++
+			if !isHex(css[i]) {
+				i++
+				continue
+			}
+			k := i
+			for i < len(css) && i-k < 6 && isHex(css[i]) {
+				i++
+			}
+			if i < len(css) && isSpace(css[i]) {
+				if css[i] == '\r' && i+1 < len(css) && css[i+1] == '\n' {
+					i++
+				}
+				i++
+			}
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// isImageSet tells image-set and its prefixed form, whose arguments may
+// be plain strings that the browser fetches like url()s.
+func isImageSet(name []byte) bool {
+	return len(name) >= len("image-set") && (hasPrefixFoldBytes(name, "image-set") && len(name) == len("image-set") ||
+		hasPrefixFoldBytes(name, "-webkit-image-set") && len(name) == len("-webkit-image-set"))
+}
+
+// imageSetStrings records the string arguments of the image-set( whose
+// arguments start at i; its url() arguments are found by the caller's
+// scan, which goes on inside.
+func imageSetStrings(css []byte, i, stmt int, abs func(int) int, out []cssRef) []cssRef {
+	depth := 0
+	for i < len(css) {
+		switch c := css[i]; {
+		case c == '"' || c == '\'':
+			k := skipCSSString(css, i)
+			if end, ok := declEnd(css, k); ok {
+				out = append(out, cssRef{url: trimQuotes(css[i:k]), start: abs(stmt), end: abs(end)})
+			}
+			i = k
+			continue
+		case c == '/' && i+1 < len(css) && css[i+1] == '*':
+			i = skipCSSComment(css, i)
+			continue
+		case c == '(':
+			depth++
+		case c == ')':
+			if depth == 0 {
+				return out
+			}
+			depth--
+		case c == ';' || c == '{' || c == '}':
+			return out
+		}
+		i++
+	}
+	return out
 }

@@ -357,8 +357,36 @@ func (w *walker) htmlLeaf(path string, enc cte, charset string, amp bool, ctx pa
 	}
 	w.write(m.pend)
 	w.write(m.hdr)
+	if sep := headerGap(m.hdr, body, out); sep != nil {
+		w.write(sep)
+	}
 	w.write(out)
 	return end
+}
+
+// headerGap returns the blank line to write between hdr and out when the
+// body began without one (malformed, but real mail does it) and the edits
+// made its first line readable as a header field or a continuation line:
+// a mail client would then take it for the header, and the body it shows
+// would start later than the one that was scanned. Otherwise nil, and the
+// bytes stay as they were.
+func headerGap(hdr, body, out []byte) []byte {
+	if bytes.HasSuffix(hdr, []byte("\n\n")) || bytes.HasSuffix(hdr, []byte("\n\r\n")) || bytes.Equal(out, body) {
+		return nil
+	}
+	first := out
+	if i := bytes.IndexByte(out, '\n'); i >= 0 {
+		first = out[:i+1]
+	}
+	// Lenient parsers (go-message among them) take any line with a colon
+	// for a field, so any colon counts, not only a well-formed name.
+	if len(first) == 0 || (first[0] != ' ' && first[0] != '\t' && bytes.IndexByte(first, ':') < 0) {
+		return nil
+	}
+	if bytes.HasSuffix(first, []byte("\r\n")) || len(hdr) > 1 && bytes.HasSuffix(hdr, []byte("\r\n")) {
+		return []byte("\r\n")
+	}
+	return []byte("\n")
 }
 
 // partHeader holds the fields the walker needs from a header section.
