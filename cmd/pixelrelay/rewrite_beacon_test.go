@@ -60,7 +60,7 @@ func TestRewriteBeaconCountsOnlyRunsThatRewrite(t *testing.T) {
 	bad := [][]string{
 		{"--rules", filepath.Join(t.TempDir(), "nonexistent.rules")},
 		{"--report", filepath.Join(t.TempDir(), "no", "such", "dir", "report.json")},
-		{"--rules", filepath.Join(t.TempDir(), "nonexistent.rules")},
+		{"--config", filepath.Join(t.TempDir(), "nonexistent.yaml")},
 	}
 	for _, extra := range bad {
 		if code, out, _ := runIn(t, msg, append(append([]string{}, args...), extra...)...); code != 1 || len(out) != 0 {
