@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -22,26 +24,44 @@ import (
 // would see, one entry each, and how the stream ended. It is written apart
 // from the connection wrapper, so that the wrapper can be held to it.
 //
-// reply receives the replies the wrapper watches (354, 220). direct, when
+// AUTH is modelled too (conn.go handleAuth, the relay's mechanisms PLAIN
+// and LOGIN, auth.go), as on a listener that offers AUTH in clear: a users
+// file with the one user app:s3cret and allow_insecure_auth, as in
+// auth_wrapper_test.go. go-smtp refuses AUTH before a HELO/EHLO, after a
+// successful AUTH, without a mechanism, with an unknown one or an initial
+// response that is not base64, all without a 334; otherwise it answers 334
+// and reads the next line as a SASL response, not a command ("sasl: "
+// entries), until the mechanism is done, fails, or the client sends "*".
+//
+// reply receives the replies the wrapper watches (354, 220, 334). direct, when
 // set, may return a reader for a message, as the session reads one when the
 // wrapper allows it. model, when set, makes this the model of the wrapper
 // rather than go-smtp behind it: command lines go through fixORCPTLine and
 // the stream ends at the first line over max, as the wrapper ends it.
 func goSMTPReader(r *bufio.Reader, reply func(string), direct func() io.Reader, model bool, max int) []string {
 	var seen []string
-	for {
+	// readLine is go-smtp's readLine (textproto), or end says how the
+	// stream ended.
+	readLine := func() (line, end string) {
 		raw, err := readRawLine(r)
 		if err != nil {
 			if model && len(raw) > max+1 {
 				err = smtp.ErrTooLongLine
 			}
-			return append(seen, "end: "+err.Error())
+			return "", "end: " + err.Error()
 		}
 		if model && len(raw)-2 > max {
-			return append(seen, "end: "+smtp.ErrTooLongLine.Error())
+			return "", "end: " + smtp.ErrTooLongLine.Error()
 		}
 		// textproto.ReadLine drops "\n" and then one "\r".
-		line := strings.TrimSuffix(strings.TrimSuffix(string(raw), "\n"), "\r")
+		return strings.TrimSuffix(strings.TrimSuffix(string(raw), "\n"), "\r"), ""
+	}
+	helo, didAuth := false, false
+	for {
+		line, end := readLine()
+		if end != "" {
+			return append(seen, end)
+		}
 		cmd, arg, ok := goSMTPParse(line)
 		if model {
 			fixed, _ := fixORCPTLine([]byte(line))
@@ -86,10 +106,105 @@ func goSMTPReader(r *bufio.Reader, reply func(string), direct func() io.Reader, 
 				return append(seen, fmt.Sprintf("chunk %q, then %v", chunk.Bytes(), eofOf(err)))
 			}
 			seen = append(seen, fmt.Sprintf("chunk %q", chunk.Bytes()))
+		case cmd == "AUTH":
+			seen = append(seen, "command: "+line)
+			if end := goSMTPAuth(arg, helo, &didAuth, reply, readLine, &seen); end != "" {
+				return append(seen, end)
+			}
 		default:
+			if (cmd == "HELO" || cmd == "EHLO") && arg != "" {
+				// handleGreet: parseHelloArgument takes the first word
+				// of the (trimmed) argument, which is then not empty.
+				helo = true
+			}
 			seen = append(seen, "command: "+line)
 		}
 	}
+}
+
+// goSMTPAuth is go-smtp's handleAuth behind the relay's Auth (auth.go),
+// with AUTH allowed in clear and the one user app:s3cret. It reads the
+// SASL responses with readLine and records them in seen; end is set when
+// the stream ended during the exchange.
+func goSMTPAuth(arg string, helo bool, didAuth *bool, reply func(string), readLine func() (string, string), seen *[]string) (end string) {
+	if !helo {
+		reply("502 5.5.1 Please introduce yourself first.\r\n")
+		return ""
+	}
+	if *didAuth {
+		reply("503 5.5.1 Already authenticated\r\n")
+		return ""
+	}
+	parts := strings.Fields(arg)
+	if len(parts) == 0 {
+		reply("502 5.5.4 Missing parameter\r\n")
+		return ""
+	}
+	// authAllowed: allow_insecure_auth.
+	var ir []byte
+	if len(parts) > 1 {
+		var err error
+		if ir, err = goSMTPDecodeSASL(parts[1]); err != nil {
+			reply("454 4.7.0 Invalid base64 data\r\n")
+			return ""
+		}
+	}
+	check := func(identity, user, pass string) error {
+		if identity != "" && identity != user || user != "app" || pass != "s3cret" {
+			return smtp.ErrAuthFailed
+		}
+		return nil
+	}
+	var server sasl.Server
+	switch strings.ToUpper(parts[0]) {
+	case sasl.Plain:
+		server = sasl.NewPlainServer(check)
+	case sasl.Login:
+		server = &loginServer{auth: func(user, pass string) error { return check("", user, pass) }}
+	default:
+		reply("504 5.7.4 Unsupported authentication mechanism\r\n")
+		return ""
+	}
+	response := ir
+	for {
+		challenge, done, err := server.Next(response)
+		if err != nil {
+			reply("454 4.7.0 " + err.Error() + "\r\n")
+			return ""
+		}
+		if done {
+			break
+		}
+		encoded := ""
+		if len(challenge) > 0 {
+			encoded = base64.StdEncoding.EncodeToString(challenge)
+		}
+		reply("334 " + encoded + "\r\n")
+		line, end := readLine()
+		if end != "" {
+			return end
+		}
+		*seen = append(*seen, "sasl: "+line)
+		if line == "*" {
+			reply("501 5.0.0 Negotiation cancelled\r\n")
+			return ""
+		}
+		if response, err = goSMTPDecodeSASL(line); err != nil {
+			reply("454 4.7.0 Invalid base64 data\r\n")
+			return ""
+		}
+	}
+	reply("235 2.0.0 Authentication succeeded\r\n")
+	*didAuth = true
+	return ""
+}
+
+// goSMTPDecodeSASL is go-smtp's decodeSASLResponse.
+func goSMTPDecodeSASL(s string) ([]byte, error) {
+	if s == "=" {
+		return []byte{}, nil
+	}
+	return base64.StdEncoding.DecodeString(s)
 }
 
 func eofOf(err error) error {
@@ -193,6 +308,35 @@ var wrapperSeeds = []string{
 	"data\nx\n.\n.\r\n", "BDAT 3\nabcBDAT x\r\nBDAT 2 LAST\r\nxy",
 }
 
+// authSeeds are AUTH dialogues: after a 334 the next line is a SASL
+// response, never a command. The first two once broke the wrapper (a
+// response "BDAT n" passed n bytes of commands as a chunk).
+var authSeeds = []string{
+	"EHLO c\r\nAUTH LOGIN\r\nBDAT 4294967295\r\nNOOP " + strings.Repeat("a", 2*wrapperMax) + "\r\nQUIT\r\n",
+	"EHLO c\r\nAUTH LOGIN\r\nBDAT 60\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nSubject: start\r\n\r\nfirst\r\nsecond\r\n.\r\nQUIT\r\n",
+	// PLAIN with an initial response (app:s3cret), then AUTH refused as
+	// already done: its next line is a command again.
+	"EHLO c\r\nAUTH PLAIN AGFwcABzM2NyZXQ=\r\nAUTH LOGIN\r\nBDAT 5\r\nNOOP\r\nQUIT\r\n",
+	// PLAIN without one: 334, then the response, all pipelined with a message.
+	"EHLO c\r\nAUTH PLAIN\r\nAGFwcABzM2NyZXQ=\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n",
+	// Cancelled with "*"; LOGIN's two responses, the second one a command's shape.
+	"EHLO c\r\nAUTH LOGIN\r\n*\r\nBDAT 3\r\nabcNOOP\r\n",
+	"EHLO c\r\nAUTH LOGIN\r\nYXBw\r\nBDAT 3\r\nabcd\r\n",
+	"EHLO c\r\nauth login YXBw\r\nczNjcmV0\r\nBDAT 2 LAST\r\nxyNOOP\r\n",
+	"EHLO c\r\nAUTH LOGIN =\r\nBDAT 1\r\n\r\nx\r\n",
+	// Refused without a 334: before EHLO, no mechanism, an unknown one, a
+	// bad initial response.
+	"AUTH LOGIN\r\nBDAT 3\r\nabcNOOP\r\n", "HELO c\r\nAUTH\r\nBDAT 3\r\nabc\r\n",
+	"EHLO c\r\nAUTH CRAM-MD5\r\nBDAT 3\r\nabc\r\n", "EHLO c\r\nAUTH PLAIN !!\r\nBDAT 3\r\nabc\r\n",
+	// Responses shaped like DATA, STARTTLS and a UTF-8 ORCPT.
+	"EHLO c\r\nAUTH LOGIN\r\nDATA\r\nhello\r\n.\r\nNOOP\r\n",
+	"EHLO c\r\nAUTH PLAIN\r\nSTARTTLS\r\nNOOP\r\n",
+	"EHLO c\r\nAUTH LOGIN\r\nRCPT TO:<a@b> ORCPT=rfc822;+C3+A9@b\r\nNOOP\r\n",
+	// A response at the line limit, and one byte over.
+	"EHLO c\r\nAUTH LOGIN\r\n" + strings.Repeat("A", wrapperMax) + "\r\nNOOP\r\n",
+	"EHLO c\r\nAUTH LOGIN\r\n" + strings.Repeat("A", wrapperMax+1) + "\r\nNOOP\r\n",
+}
+
 // FuzzConnWrapper holds the connection wrapper to go-smtp's reading of the
 // same stream: whatever the bytes and however they are split by the
 // network or go-smtp's buffer, go-smtp must see through the wrapper
@@ -201,7 +345,7 @@ var wrapperSeeds = []string{
 // or a command smuggled. Run it with -fuzzminimizetime=5s: minimising a
 // find from the long seeds takes the default minute, and shows as 0 execs/s.
 func FuzzConnWrapper(f *testing.F) {
-	for _, s := range wrapperSeeds {
+	for _, s := range append(wrapperSeeds, authSeeds...) {
 		f.Add([]byte(s), uint8(7), uint8(0), true)
 		f.Add([]byte(s), uint8(255), uint8(255), false)
 	}
@@ -236,7 +380,7 @@ func FuzzConnWrapper(f *testing.F) {
 
 // The same, on the seeds, for every way of splitting them.
 func TestConnWrapperSeeds(t *testing.T) {
-	for _, s := range wrapperSeeds {
+	for _, s := range append(wrapperSeeds, authSeeds...) {
 		want := modelOf([]byte(s), wrapperMax)
 		for _, step := range []int{1, 2, 3, 7, 64, 1000, 1 << 16} {
 			for _, buf := range []int{16, 100, 4096} {
