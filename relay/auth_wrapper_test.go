@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A SASL response line is read by go-smtp's handleAuth, not as a command,
@@ -63,5 +64,35 @@ func TestSASLResponseIsNotACommandForDirectData(t *testing.T) {
 	got := string(h.up.MessageFor("bob@example.org").Data)
 	if !strings.Contains(got, "first line") || !strings.Contains(got, "Subject: start") {
 		t.Fatalf("forwarded message lost its start:\n%q", got)
+	}
+}
+
+// A client that lets go-smtp's read of a SASL response time out: go-smtp's
+// handleAuth gives up without a reply and its command loop reads on with a
+// fresh deadline, so the next line is a command again. The wrapper, still
+// waiting for the response after the 334, passed that line as one: a
+// command "BDAT 17" went by unseen, the wrapper then read its chunk as
+// commands, took "BDAT 4294967295" in it for a chunk and stopped limiting
+// the lines go-smtp reads as commands after it.
+func TestSASLResponseTimeoutEndsTheExchange(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, func(c *Config) {
+		c.Users = writeUsers(t, dir, "app s3cret")
+		c.AllowInsecureAuth = true
+		c.IdleTimeout = time.Second
+	})
+	c := dialFrom(t, h.addr, "")
+	c.reply()
+	c.expect("EHLO app.example", "250")
+	c.expect("AUTH LOGIN", "334")
+	// Past go-smtp's deadline for the response, within the next one.
+	time.Sleep(h.cfg.IdleTimeout * 3 / 2)
+	// go-smtp: a command; its 17-byte chunk is the second line.
+	c.expect("BDAT 17\r\nBDAT 4294967295", "502")
+	long := "NOOP " + strings.Repeat("a", 10*h.cfg.MaxLineLength)
+	fmt.Fprintf(c.conn, "%s\r\n", long)
+	if r := c.reply(); !strings.HasPrefix(r, "500") {
+		t.Fatalf("a %d-byte command line (max_line_length %d) got %q, want 500 Too long line",
+			len(long), h.cfg.MaxLineLength, r)
 	}
 }

@@ -251,6 +251,10 @@ func (c *trackedConn) Read(p []byte) (n int, err error) {
 			return 0, c.rerr
 		}
 		if err := c.fill(); err != nil {
+			// go-smtp's handleAuth gives up on any read error without a
+			// reply, and its command loop reads on (after a timeout, with
+			// a fresh deadline): the next line is a command again.
+			c.sasl.Store(false)
 			return 0, err
 		}
 	}
