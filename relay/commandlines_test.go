@@ -106,11 +106,7 @@ func lastN(b []byte, n int) []byte { return b[max(0, len(b)-n):] }
 func TestMessageSentBefore354(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxLineLength = 1000 })
 	body := "Subject: early\r\n\r\nRCPT TO:<a@b> ORCPT=rfc822;jos+C3+A9@exemple.fr\r\n"
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
-	c.expect("RCPT TO:<b@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 	c.conn.Write([]byte("DATA\r\n" + body + ".\r\n"))
 	if r := c.reply(); !strings.HasPrefix(r, "354") {
 		t.Fatalf("DATA: %q", r)
@@ -142,11 +138,7 @@ func TestDataTimeoutAcrossBDATChunks(t *testing.T) {
 		c.CommandTimeout = 400 * time.Millisecond
 		c.DataTimeout = 700 * time.Millisecond
 	})
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
-	c.expect("RCPT TO:<b@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 	start := time.Now()
 	var last string
 	// 10 chunks 200 ms apart: 2 s in all, each chunk within the command
@@ -175,11 +167,7 @@ func TestDataTimeoutAcrossBDATChunks(t *testing.T) {
 func TestLongMessageLineOnListenerWithCertificate(t *testing.T) {
 	cert, key := writeCert(t, t.TempDir(), "relay.test")
 	h := newHarness(t, func(c *Config) { c.TLSCert, c.TLSKey = cert, key; c.MaxLineLength = 1000 })
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
-	c.expect("RCPT TO:<b@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 	c.expect("DATA", "354")
 	c.conn.Write([]byte("Subject: long\r\n\r\n" + strings.Repeat("a", 2000) + "\r\n.\r\n"))
 	if r := c.reply(); !strings.HasPrefix(r, "552 5.5.6") {

@@ -47,6 +47,22 @@ func dialFrom(t *testing.T, addr, src string) *client {
 	return &client{t: t, conn: conn, r: bufio.NewReader(conn)}
 }
 
+// openTx dials addr, says EHLO and opens a transaction from from to rcpts,
+// each step expected to succeed: the opening most dialogues share.
+func openTx(t *testing.T, addr, from string, rcpts ...string) *client {
+	t.Helper()
+	c := dialFrom(t, addr, "")
+	if g := c.reply(); !strings.HasPrefix(g, "220") {
+		t.Fatalf("greeting %q, want 220", g)
+	}
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<"+from+">", "250")
+	for _, r := range rcpts {
+		c.expect("RCPT TO:<"+r+">", "250")
+	}
+	return c
+}
+
 func (c *client) reply() string {
 	c.t.Helper()
 	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -290,11 +306,7 @@ func TestStartTLSCommandInjection(t *testing.T) {
 func TestSmugglingOverBDAT(t *testing.T) {
 	h := newHarness(t, nil)
 	for _, seq := range []string{"\n.\r\n", "\n.\n", "\r.\r\n", "\r\r\n.\r\n", "bare\nlf\r\n"} {
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO client.example", "250")
-		c.expect("MAIL FROM:<a@ok.example>", "250")
-		c.expect("RCPT TO:<b@ok.example>", "250")
+		c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 		chunk1 := "Subject: carrier\r\n\r\nhello" + seq
 		chunk2 := "MAIL FROM:<evil@ok.example>\r\nRCPT TO:<victim@ok.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
 		fmt.Fprintf(c.conn, "BDAT %d\r\n%s", len(chunk1), chunk1)

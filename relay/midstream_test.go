@@ -65,11 +65,7 @@ func TestUpstreamDropMidStreamIsTransportFailure(t *testing.T) {
 	for body.Len() < 4<<20 {
 		body.WriteString("hello hello hello hello hello hello hello hello hello hello hello\r\n")
 	}
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<news@acme.example>", "250")
-	c.expect("RCPT TO:<alice@example.fr>", "250")
+	c := openTx(t, h.addr, "news@acme.example", "alice@example.fr")
 	c.expect("DATA", "354")
 	c.conn.Write(dotStuff(body.Bytes()))
 	r := c.reply()

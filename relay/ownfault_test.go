@@ -52,11 +52,7 @@ func TestOwnFaultIsLocalError(t *testing.T) {
 	h := newHarnessDeps(t, nil, withFaultyRewriter(&fr))
 	fr.fail.Store(true)
 	for _, msg := range [][]byte{[]byte("From: news@acme.example\r\nSubject: hi\r\n\r\nhello\r\n"), signedMessage} {
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO client.example", "250")
-		c.expect("MAIL FROM:<news@acme.example>", "250")
-		c.expect("RCPT TO:<alice@example.fr>", "250")
+		c := openTx(t, h.addr, "news@acme.example", "alice@example.fr")
 		c.expect("DATA", "354")
 		c.conn.Write(dotStuff(msg))
 		if r := c.reply(); !strings.HasPrefix(r, "451 4.3.0") {
@@ -76,11 +72,7 @@ func TestPanicInDeliverEndsUpstreamTransactions(t *testing.T) {
 	var fr *faultyRewriter
 	h := newHarnessDeps(t, nil, withFaultyRewriter(&fr))
 	fr.panics.Store(true)
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<news@acme.example>", "250")
-	c.expect("RCPT TO:<alice@example.fr>", "250")
+	c := openTx(t, h.addr, "news@acme.example", "alice@example.fr")
 	c.expect("DATA", "354")
 	c.conn.Write(dotStuff(signedMessage))
 	if r := c.reply(); !strings.HasPrefix(r, "4") {
@@ -131,11 +123,7 @@ func TestPanicWhileStreamingClosesTheUpstreamConnection(t *testing.T) {
 	var fr *faultyRewriter
 	h := newHarnessDeps(t, func(c *Config) { c.Upstream = "smtp://" + tp.ln.Addr().String() }, withFaultyRewriter(&fr))
 	fr.panics.Store(true)
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<news@acme.example>", "250")
-	c.expect("RCPT TO:<alice@example.fr>", "250")
+	c := openTx(t, h.addr, "news@acme.example", "alice@example.fr")
 	c.expect("DATA", "354")
 	c.conn.Write(dotStuff([]byte("From: news@acme.example\r\nSubject: hi\r\n\r\nhello\r\n")))
 	if r := c.reply(); !strings.HasPrefix(r, "4") {

@@ -24,11 +24,7 @@ func TestBDATContentIsNeverACommand(t *testing.T) {
 	orcptLine := "RCPT TO:<x@ok.example> ORCPT=rfc822;" + strings.Repeat("+C4+80", len(payload)+1) + "@ok.example\r\n"
 	content := "Subject: carrier\r\n\r\nQuoted from a bug report:\r\n" + orcptLine + payload
 
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
-	c.expect("RCPT TO:<b@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 	fmt.Fprintf(c.conn, "BDAT %d LAST\r\n%s", len(content), content)
 	first := c.reply()
 	c.cmd("QUIT")
@@ -203,12 +199,7 @@ func TestRetryWithBrokenGroup(t *testing.T) {
 		Err: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}})
 	msg := dotStuff([]byte("From: news@acme.example\r\nMessage-ID: <r1@acme.example>\r\nSubject: hi\r\n\r\nhello\r\n"))
 	attempt := func() string {
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO client.example", "250")
-		c.expect("MAIL FROM:<news@acme.example>", "250")
-		c.expect("RCPT TO:<alice@example.com>", "250")
-		c.expect("RCPT TO:<bob@example.org>", "250")
+		c := openTx(t, h.addr, "news@acme.example", "alice@example.com", "bob@example.org")
 		c.expect("RCPT TO:<carol@example.org>", "4")
 		c.expect("DATA", "354")
 		c.conn.Write(msg)
@@ -259,11 +250,7 @@ func TestStartTLSBetweenBDATChunks(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := writeCert(t, dir, "relay.test")
 	h := newHarness(t, func(c *Config) { c.TLSCert, c.TLSKey = cert, key })
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
-	c.expect("RCPT TO:<b@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 	fmt.Fprintf(c.conn, "BDAT 5\r\nhello")
 	if r := c.reply(); !strings.HasPrefix(r, "250") {
 		t.Fatalf("BDAT chunk: %q", r)

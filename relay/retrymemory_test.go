@@ -54,12 +54,7 @@ func withCountingMemory(mem **countingMemory) func(*Deps) {
 // group) and returns the client's final reply.
 func sendPartial(t *testing.T, h *harness) string {
 	t.Helper()
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<news@acme.example>", "250")
-	c.expect("RCPT TO:<alice@example.fr>", "250")
-	c.expect("RCPT TO:<bob@example.com>", "250")
+	c := openTx(t, h.addr, "news@acme.example", "alice@example.fr", "bob@example.com")
 	c.expect("DATA", "354")
 	c.conn.Write(dotStuff([]byte("From: news@acme.example\r\nMessage-ID: <m1@acme.example>\r\nSubject: hi\r\n\r\nhello\r\n")))
 	final := c.reply()

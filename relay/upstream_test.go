@@ -109,11 +109,7 @@ func TestUpstreamConnectionReuse(t *testing.T) {
 		}
 	}
 	// An aborted transaction (client RSET) keeps the connection too.
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<app@app.example>", "250")
-	c.expect("RCPT TO:<bob@example.org>", "250")
+	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
 	c.expect("RSET", "250")
 	if err := sendThrough(h, "bob@example.org"); err != nil {
 		t.Fatal(err)
@@ -238,11 +234,7 @@ func TestPostfixStyleUTF8ORCPT(t *testing.T) {
 func TestUpstreamIdleDuringUpload(t *testing.T) {
 	up := relaytest.NewUpstreamWith(t, relaytest.Options{IdleTimeout: 300 * time.Millisecond})
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + up.Addr() })
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<app@app.example>", "250")
-	c.expect("RCPT TO:<bob@example.org>", "250")
+	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
 	time.Sleep(700 * time.Millisecond) // the upstream hangs up meanwhile
 	c.expect("DATA", "354")
 	msg, _ := os.ReadFile("../testdata/messages/plain.eml")
