@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
 
@@ -20,12 +19,9 @@ bad line otherwise.`
 
 func runAudit(env *cmdEnv, args []string) int {
 	fs := newFlagSet("audit", auditUsage, env.stderr)
-	rest, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 1
+	rest, code, stop := parseCommand(fs, args)
+	if stop {
+		return code
 	}
 	if len(rest) < 2 || rest[0] != "verify" {
 		fmt.Fprintln(env.stderr, auditUsage)

@@ -99,12 +99,9 @@ func newBeaconCommand(env *cmdEnv, name string) *beaconCommand {
 // parse parses args. ok is false when the command is over, with code as
 // its exit code.
 func (c *beaconCommand) parse(args []string) (code int, ok bool) {
-	pos, err := parseInterspersed(c.fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0, false
-	}
-	if err != nil {
-		return 1, false
+	pos, code, stop := parseCommand(c.fs, args)
+	if stop {
+		return code, false
 	}
 	if len(pos) > 0 {
 		fmt.Fprintf(c.env.stderr, "pixelrelay beacon %s: unexpected argument %q\n", c.name, pos[0])

@@ -175,17 +175,15 @@ func runConsent(env *cmdEnv, args []string) int {
 	case "export":
 		c.extra = addExportFlags(c.fs)
 	}
-	pos, err := parseInterspersed(c.fs, args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 1
+	pos, code, done := parseCommand(c.fs, args[1:])
+	if done {
+		return code
 	}
 	c.args = pos
 	if !c.checkPurpose(sub) {
 		return 1
 	}
+	var err error
 	if c.target, err = c.store.resolve(env); err != nil {
 		return failDBErr(env.stderr, c.name, err)
 	}

@@ -45,6 +45,20 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 // or after positional arguments ("consent show ADDR --json"). The standard
 // flag package stops at the first positional argument; users' scripts do
 // not. A bare "--" ends flag parsing.
+// parseCommand parses a command's flags and positional arguments. stop
+// says the command ends here with code: 0 after --help (the usage went to
+// stderr), 1 after a usage error (the flag package said what was wrong).
+func parseCommand(fs *flag.FlagSet, args []string) (pos []string, code int, stop bool) {
+	pos, err := parseInterspersed(fs, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return nil, 0, true
+	case err != nil:
+		return nil, 1, true
+	}
+	return pos, 0, false
+}
+
 func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	var positional []string
 	for {

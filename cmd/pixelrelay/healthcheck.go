@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -32,12 +31,9 @@ func runHealthcheck(env *cmdEnv, args []string) int {
 	fs := newFlagSet("healthcheck", healthcheckUsage, env.stderr)
 	rawURL := fs.String("url", "", "URL to GET (default: /healthz on PIXELRELAY_HTTP, else "+defaultHealthURL+")")
 	timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
-	rest, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 1
+	rest, code, stop := parseCommand(fs, args)
+	if stop {
+		return code
 	}
 	if len(rest) > 0 {
 		fmt.Fprintf(env.stderr, "pixelrelay healthcheck: unexpected argument %q; use --url URL\n", rest[0])
@@ -45,6 +41,7 @@ func runHealthcheck(env *cmdEnv, args []string) int {
 	}
 	target := *rawURL
 	if target == "" {
+		var err error
 		target, err = healthURLFromListen(env.getenv("PIXELRELAY_HTTP"))
 		if err != nil {
 			fmt.Fprintf(env.stderr, "pixelrelay healthcheck: %v\n", err)

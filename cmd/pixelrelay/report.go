@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -37,12 +35,9 @@ func runReport(env *cmdEnv, args []string) int {
 	out := fs.String("html", "", "write the HTML report to `FILE` (- for stdout)")
 	title := fs.String("title", "", "heading of the report (default: Open-tracking audit report)")
 	top := fs.Int("top", 10, "rows in the top senders and campaigns tables")
-	paths, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 1
+	paths, code, stop := parseCommand(fs, args)
+	if stop {
+		return code
 	}
 	if *out == "" {
 		fmt.Fprintln(env.stderr, "pixelrelay report: --html OUT is required (the file to write the report to)")

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -71,12 +70,9 @@ func runRewrite(env *cmdEnv, args []string) int {
 	sender := fs.String("sender", "", "envelope sender, as Postfix's pipe passes ${sender}; its domain names the campaign of a message without campaign header (default: the From address)")
 	minBatch := fs.Int("beacon-min-batch", 50, "non-consenting recipients a campaign needs per day before it gets beacons (or PIXELRELAY_BEACON_MIN_BATCH, or beacon_min_batch in --config)")
 	store := addStoreFlags(fs)
-	pos, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 1
+	pos, code, stop := parseCommand(fs, args)
+	if stop {
+		return code
 	}
 	if len(pos) > 0 {
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: unexpected argument %q; the message is read from stdin\n", pos[0])
@@ -177,7 +173,7 @@ func runRewrite(env *cmdEnv, args []string) int {
 			err = flushErr(out.Flush())
 		}
 	}
-	code := 0
+	code = 0
 	if err != nil {
 		fmt.Fprintf(env.stderr, "pixelrelay rewrite: %v\n", err)
 		code = 2

@@ -86,12 +86,9 @@ func runScan(env *cmdEnv, args []string) int {
 	htmlOut := fs.String("html", "", "also write a self-contained HTML audit report to FILE (- for stdout)")
 	beaconBase := fs.String("beacon-base", "", "public base URL of pixelrelay's delivery beacons, which are then not reported (or PIXELRELAY_BEACON_BASE, or beacon_base in --config)")
 	configPath := fs.String("config", "", "serve's YAML configuration, for beacon_base (or PIXELRELAY_CONFIG)")
-	paths, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 1
+	paths, code, stop := parseCommand(fs, args)
+	if stop {
+		return code
 	}
 	if len(paths) == 0 {
 		fmt.Fprintln(env.stderr, "pixelrelay scan: no PATH given; name files, mboxes, Maildirs or directories to scan, or - for stdin")

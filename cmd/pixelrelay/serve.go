@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -45,12 +43,9 @@ func runServe(env *cmdEnv, args []string) int {
 	loader := &configLoader{getenv: env.getenv}
 	fs := newFlagSet("serve", serveUsage, env.stderr)
 	loader.registerServeFlags(fs)
-	rest, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 1
+	rest, code, stop := parseCommand(fs, args)
+	if stop {
+		return code
 	}
 	if len(rest) > 0 {
 		fmt.Fprintf(env.stderr, "pixelrelay serve: unexpected argument %q; see pixelrelay help serve\n", rest[0])
