@@ -2,6 +2,7 @@ package consent
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -45,4 +46,15 @@ func mustLookup(t testing.TB, s *Store, tenant, addr, purpose string) State {
 		t.Fatalf("Lookup(%s, %s, %s): %v", tenant, addr, purpose, err)
 	}
 	return st
+}
+
+// mustReadFile is os.ReadFile for a test: a file that cannot be read is
+// the test's failure, never an empty input that passes vacuously.
+func mustReadFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

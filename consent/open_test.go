@@ -85,7 +85,7 @@ func TestOpenBadFiles(t *testing.T) {
 	var used int64
 	s.DB().View(func(tx *bbolt.Tx) error { used = tx.Size(); return nil })
 	s.Close()
-	goodBytes, _ := os.ReadFile(good)
+	goodBytes := mustReadFile(t, good)
 
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
@@ -110,6 +110,8 @@ func TestOpenBadFiles(t *testing.T) {
 		{"bad purpose", filepath.Join(dir, "p.db"), Options{Purposes: []string{"Open Tracking"}}, "may only use"},
 	}
 	for _, tc := range tests {
+		// Some rows name no readable file (absent, a directory): then
+		// both reads fail alike, and the check is that nothing appeared.
 		before, _ := os.ReadFile(tc.path)
 		s, err := Open(tc.path, tc.opts)
 		if err == nil {

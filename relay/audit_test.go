@@ -30,7 +30,7 @@ func TestAuditChain(t *testing.T) {
 	writeAudit(t, path, 3)
 	writeAudit(t, path, 2) // a restart continues the chain
 
-	data, _ := os.ReadFile(path)
+	data := mustReadFile(t, path)
 	lines := bytes.SplitAfter(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
 	if len(lines) != 5 {
 		t.Fatalf("got %d lines, want 5", len(lines))

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +39,7 @@ func TestORCPTSplitAcrossPackets(t *testing.T) {
 				t.Fatalf("%s, RCPT cut after %d bytes: %q, want 250", tc.name, cut, r)
 			}
 			c.expect("DATA", "354")
-			msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+			msg := mustReadFile(t, "../testdata/messages/plain.eml")
 			c.conn.Write(dotStuff(msg))
 			if r := c.reply(); !strings.HasPrefix(r, "250") {
 				t.Fatalf("%s: DATA: %q", tc.name, r)

@@ -63,7 +63,7 @@ func verifyAll(t *testing.T, dns dnsStub, msg []byte) []string {
 // appSigned is the newsletter as an app signs it before it reaches us.
 func appSigned(t *testing.T, dns dnsStub) []byte {
 	t.Helper()
-	raw, _ := os.ReadFile("../testdata/messages/newsletter.eml")
+	raw := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	raw = bytes.ReplaceAll(raw, []byte("\n"), []byte("\r\n"))
 	key, _ := rsa.GenerateKey(rand.Reader, 2048)
 	dns.publish("app", "acme.example", &key.PublicKey)
@@ -85,7 +85,7 @@ func sendRaw(t *testing.T, addr string, rcpts []string, msg []byte) {
 
 func lastAudit(t *testing.T, path string) AuditRecord {
 	t.Helper()
-	data, _ := os.ReadFile(path)
+	data := mustReadFile(t, path)
 	lines := bytes.Split(bytes.TrimSpace(data), []byte("\n"))
 	var rec AuditRecord
 	if err := json.Unmarshal(lines[len(lines)-1], &rec); err != nil {

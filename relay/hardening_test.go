@@ -271,7 +271,7 @@ var netipLoopback = netip.MustParseAddr("127.0.0.1")
 
 func readUsersFile(t *testing.T) string {
 	path := writeUsers(t, t.TempDir(), "app s3cret")
-	b, _ := os.ReadFile(path)
+	b := mustReadFile(t, path)
 	return string(b)
 }
 
@@ -504,7 +504,7 @@ func TestGracefulDrain(t *testing.T) {
 	}
 	// The transaction in flight finishes and is delivered.
 	busy.expect("DATA", "354")
-	msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+	msg := mustReadFile(t, "../testdata/messages/plain.eml")
 	busy.conn.Write(dotStuff(msg))
 	if r := busy.reply(); !strings.HasPrefix(r, "250") {
 		t.Fatalf("transaction in flight during drain: %q", r)

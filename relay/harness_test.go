@@ -172,3 +172,14 @@ func (h *harness) auditRecords() []AuditRecord {
 }
 
 func beaconFilterAll() beacon.Filter { return beacon.Filter{Tenant: "*"} }
+
+// mustReadFile is os.ReadFile for a test: a file that cannot be read is
+// the test's failure, never an empty input that passes vacuously.
+func mustReadFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"os"
 	"strings"
 	"testing"
 
@@ -24,7 +23,7 @@ func TestLMTPPerRecipientStatus(t *testing.T) {
 	c.expect("RCPT TO:<alice@example.fr>", "250")
 	c.expect("RCPT TO:<bob@example.com>", "250")
 	c.expect("DATA", "354")
-	msg, _ := os.ReadFile("../testdata/messages/newsletter.eml")
+	msg := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	c.conn.Write(dotStuff(msg))
 	alice, bob := c.reply(), c.reply()
 	if !strings.HasPrefix(alice, "451 4.3.0") || !strings.Contains(alice, "alice@example.fr") {
@@ -64,7 +63,7 @@ func TestLMTPAllRefusedIsAuditedRefused(t *testing.T) {
 	c.expect("RCPT TO:<alice@example.fr>", "250")
 	c.expect("RCPT TO:<bob@example.com>", "250")
 	c.expect("DATA", "354")
-	msg, _ := os.ReadFile("../testdata/messages/newsletter.eml")
+	msg := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	c.conn.Write(dotStuff(msg))
 	for _, who := range []string{"alice", "bob"} {
 		if r := c.reply(); !strings.HasPrefix(r, "554 5.7.1") {

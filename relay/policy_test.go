@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net/smtp"
-	"os"
 	"strings"
 	"testing"
 
@@ -23,7 +22,7 @@ func TestTenantMapping(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, _ := os.ReadFile("../testdata/messages/newsletter.eml")
+	msg := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	for _, from := range []string{"news@brand-a.example", "news@brand-b.example"} {
 		if err := smtp.SendMail(h.addr, nil, from, []string{"bob@example.com"}, dotless(msg)); err != nil {
 			t.Fatal(err)
@@ -49,12 +48,12 @@ func TestTenantMapping(t *testing.T) {
 func TestAuditPlaintextOnlyWhenAsked(t *testing.T) {
 	for _, plain := range []bool{false, true} {
 		h := newHarness(t, func(c *Config) { c.AuditPlaintext = plain })
-		msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+		msg := mustReadFile(t, "../testdata/messages/plain.eml")
 		if err := smtp.SendMail(h.addr, nil, "app@app.example", []string{"carol@example.org"}, dotless(msg)); err != nil {
 			t.Fatal(err)
 		}
 		h.audit.Close()
-		audit, _ := os.ReadFile(h.auditPath)
+		audit := mustReadFile(t, h.auditPath)
 		if got := bytes.Contains(audit, []byte("carol@example.org")); got != plain {
 			t.Errorf("audit_plaintext=%v: address in the audit log=%v", plain, got)
 		}
@@ -97,7 +96,7 @@ func TestDryRunBeacon(t *testing.T) {
 	h := newHarness(t, func(c *Config) {
 		c.Action, c.BeaconBase, c.BeaconMinBatch, c.DryRun = "beacon", "https://beacon.example.com", 1, true
 	})
-	msg, _ := os.ReadFile("../testdata/messages/newsletter.eml")
+	msg := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	msg = dotless(append([]byte("X-Campaign-Id: spring\n"), msg...))
 	if err := smtp.SendMail(h.addr, nil, "news@acme.example", []string{"alice@example.fr"}, msg); err != nil {
 		t.Fatal(err)

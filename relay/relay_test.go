@@ -4,7 +4,6 @@ import (
 	"net/smtp"
 
 	gosmtp "github.com/emersion/go-smtp"
-	"os"
 	"testing"
 	"time"
 )
@@ -14,7 +13,7 @@ import (
 func TestUpstreamWithoutQueueID(t *testing.T) {
 	h := newHarness(t, nil)
 	h.up.PlainReplies = true
-	msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+	msg := mustReadFile(t, "../testdata/messages/plain.eml")
 	if err := smtp.SendMail(h.addr, nil, "a@app.example", []string{"b@example.org"}, dotless(msg)); err != nil {
 		t.Fatalf("send: %v", err)
 	}

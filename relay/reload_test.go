@@ -3,13 +3,12 @@ package relay
 import (
 	"bytes"
 	"net/smtp"
-	"os"
 	"testing"
 )
 
 func TestApplyReload(t *testing.T) {
 	h := newHarness(t, nil)
-	msg, _ := os.ReadFile("../testdata/messages/newsletter.eml")
+	msg := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	msg = dotless(msg)
 
 	// A reloadable key takes effect for the next message: dry-run

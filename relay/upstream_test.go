@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"net/smtp"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +25,7 @@ func upstreamTLS(t *testing.T) (cfg *tls.Config, caFile string) {
 // sendThrough sends the plain fixture through the harness to rcpt and
 // returns the error net/smtp saw.
 func sendThrough(h *harness, rcpt string) error {
-	msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+	msg := mustReadFile(h.t, "../testdata/messages/plain.eml")
 	return smtp.SendMail(h.addr, nil, "app@app.example", []string{rcpt}, dotless(msg))
 }
 
@@ -210,7 +209,7 @@ func TestPostfixStyleUTF8ORCPT(t *testing.T) {
 		c.expect("MAIL FROM:<rédaction@acme.example> SMTPUTF8", "250")
 		c.expect("RCPT TO:<josé@exemple.fr> ORCPT=rfc822;jos+C3+A9@exemple.fr NOTIFY=FAILURE", "250")
 		c.expect("DATA", "354")
-		msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+		msg := mustReadFile(t, "../testdata/messages/plain.eml")
 		c.conn.Write(dotStuff(msg))
 		if r := c.reply(); !strings.HasPrefix(r, "250") {
 			t.Fatalf("%s: DATA: %q", hello, r)
@@ -237,7 +236,7 @@ func TestUpstreamIdleDuringUpload(t *testing.T) {
 	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
 	time.Sleep(700 * time.Millisecond) // the upstream hangs up meanwhile
 	c.expect("DATA", "354")
-	msg, _ := os.ReadFile("../testdata/messages/plain.eml")
+	msg := mustReadFile(t, "../testdata/messages/plain.eml")
 	c.conn.Write(dotStuff(msg))
 	if r := c.reply(); !strings.HasPrefix(r, "250") {
 		t.Fatalf("after the upstream dropped the idle transaction: %q, want 250", r)

@@ -24,7 +24,7 @@ func TestE2EBeacons(t *testing.T) {
 	s := startServe(t, "--upstream", "smtp://"+up.Addr(), "--action", "beacon", "--beacon-min-batch", "3",
 		"--beacon-listen", fmt.Sprintf("127.0.0.1:%d", pub), "--beacon-base", base)
 	s.consent("keen@example.com", "granted")
-	msg, _ := os.ReadFile(newsletter)
+	msg := mustReadFile(t, newsletter)
 	campaign := "autumn-2026"
 	msg = append([]byte("X-Campaign-Id: "+campaign+"\n"), msg...)
 	file := t.TempDir() + "/campaign.eml"

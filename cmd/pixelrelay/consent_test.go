@@ -354,7 +354,7 @@ func TestConsentImportReports(t *testing.T) {
 		t.Errorf("import --json: exit %d %+v %v\n%s", code, res, err, out)
 	}
 	// stdin.
-	data, _ := os.ReadFile(consentFixture("native_bom_crlf.csv"))
+	data := mustReadFile(t, consentFixture("native_bom_crlf.csv"))
 	code, out, _ = consentRun(t, nil, string(data), "import", "-", "--db", filepath.Join(dir, "s.db"))
 	if code != 0 || !strings.Contains(out, "2 rows: 2 imported") {
 		t.Errorf("import from stdin: exit %d %s", code, out)

@@ -259,3 +259,14 @@ func runCLI(t *testing.T, env []string, args ...string) (int, string) {
 	out, _ := cmd.CombinedOutput()
 	return cmd.ProcessState.ExitCode(), string(out)
 }
+
+// mustReadFile is os.ReadFile for a test: a file that cannot be read is
+// the test's failure, never an empty input that passes vacuously.
+func mustReadFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -754,7 +754,7 @@ func TestLMTPStatusPerRecipient(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			orig, _ := os.ReadFile(newsletter)
+			orig := mustReadFile(t, newsletter)
 			w.Write(orig)
 			_, err = w.CloseWithLMTPResponse()
 			got := map[string]int{pfAlice: 250, pfBob: 250}

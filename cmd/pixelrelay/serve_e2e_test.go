@@ -75,7 +75,7 @@ func TestE2ESplitWithdrawAndAudit(t *testing.T) {
 	if out := send(t, s.smtp, "plain", "", "", []string{"alice@example.fr", "bob@example.com"}, newsletter); out != "ok []" {
 		t.Fatalf("smtplib: %s", out)
 	}
-	orig, _ := os.ReadFile(newsletter)
+	orig := mustReadFile(t, newsletter)
 	orig = bytes.ReplaceAll(orig, []byte("\n"), []byte("\r\n"))
 	bob := up.MessageFor("bob@example.com").Data
 	if _, rest, ok := bytes.Cut(bob, []byte("\r\nFrom: ")); !ok || !bytes.Equal(append([]byte("From: "), rest...), orig) {
@@ -107,7 +107,7 @@ func TestE2ESplitWithdrawAndAudit(t *testing.T) {
 	if len(recs) != 2 {
 		t.Fatalf("audit has %d records, want 2", len(recs))
 	}
-	audit, _ := os.ReadFile(s.audit)
+	audit := mustReadFile(t, s.audit)
 	for _, addr := range []string{"alice@example.fr", "bob@example.com"} {
 		if bytes.Contains(audit, []byte(addr)) {
 			t.Errorf("audit log holds the plaintext address %s", addr)
@@ -209,7 +209,7 @@ func TestE2EOutboxWhenNoUpstream(t *testing.T) {
 	if len(files) != 1 {
 		t.Fatalf("outbox has %d .eml files, want 1", len(files))
 	}
-	data, _ := os.ReadFile(files[0])
+	data := mustReadFile(t, files[0])
 	if !bytes.HasPrefix(data, []byte("Received: ")) || bytes.Contains(qpDecoded(data), []byte(trackerURL)) {
 		t.Error("the outbox copy is not the stripped message with its Received line")
 	}
@@ -385,7 +385,7 @@ func TestE2EBackupRestore(t *testing.T) {
 	s.stop()
 
 	// Restore: the snapshot replaces the database file, then serve starts.
-	data, _ := os.ReadFile(snapshot)
+	data := mustReadFile(t, snapshot)
 	if err := os.WriteFile(s.db, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
