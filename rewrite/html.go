@@ -114,17 +114,17 @@ func (s *htmlScan) reset(view []byte) {
 // run tokenizes view[start:end]. Offsets stay absolute because the raw
 // bytes of consecutive tokens partition the input.
 func (s *htmlScan) run(start, end int) {
-	z := html.NewTokenizer(bytes.NewReader(s.view[start:end]))
+	z := newTokenizer(s.view[start:end])
 	pos := start
 	var rawCtx atom.Atom
 	var nameBuf [32]byte
 	for {
-		tt := z.Next()
+		tt, n := z.next()
 		if tt == html.ErrorToken {
 			return
 		}
 		ts := pos
-		pos += len(z.Raw())
+		pos += n
 		te := pos
 		var name []byte
 		var a atom.Atom
