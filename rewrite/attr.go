@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"bytes"
 	"html"
 	"strconv"
 	"strings"
@@ -89,8 +90,10 @@ func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 				case '"', '\'':
 					i++
 					vs = i
-					for i < te && view[i] != q {
-						i++
+					if k := bytes.IndexByte(view[i:te], q); k >= 0 {
+						i += k
+					} else {
+						i = te
 					}
 					ve = i
 					if i < te {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -29,6 +30,67 @@ type Rules struct {
 	layered bool
 	allow   []rule
 	track   []rule
+	// By host key (see hostKey), the rules that can match such a host,
+	// in file order: every URL of every message is matched, and most
+	// rules name one ESP's domain.
+	allowIdx, trackIdx ruleIndex
+}
+
+// ruleIndex narrows a rule list to the rules that can match a host.
+type ruleIndex struct {
+	byKey  map[string][]int32 // rules whose host pattern fixes the key, plus always
+	always []int32            // rules that can match any key ("*", "*.com", ...)
+}
+
+func buildRuleIndex(rules []rule) ruleIndex {
+	ix := ruleIndex{byKey: map[string][]int32{}}
+	for i := range rules {
+		if k, ok := rules[i].host.hostKey(); ok {
+			ix.byKey[k] = append(ix.byKey[k], int32(i))
+		} else {
+			ix.always = append(ix.always, int32(i))
+		}
+	}
+	for k, keyed := range ix.byKey {
+		merged := append(append([]int32(nil), keyed...), ix.always...)
+		slices.Sort(merged)
+		ix.byKey[k] = merged
+	}
+	return ix
+}
+
+func (ix *ruleIndex) candidates(host string) []int32 {
+	if c, ok := ix.byKey[hostKey(host)]; ok {
+		return c
+	}
+	return ix.always
+}
+
+// hostKey is a host's last two labels ("sendgrid.net" for
+// "u1.ct.sendgrid.net"), or the whole host when it has fewer.
+func hostKey(host string) string {
+	i := strings.LastIndexByte(host, '.')
+	if i <= 0 {
+		return host
+	}
+	if j := strings.LastIndexByte(host[:i], '.'); j >= 0 {
+		return host[j+1:]
+	}
+	return host
+}
+
+// hostKey returns the key of every host the pattern matches, when they
+// all share one: a literal pattern's own, or that of a literal suffix
+// holding at least two dots (every host ending in ".ct.sendgrid.net" has
+// the key "sendgrid.net"; one ending in "sendgrid.net" need not).
+func (p *pattern) hostKey() (string, bool) {
+	if len(p.atoms) == 1 && p.atoms[0].kind == atomLit {
+		return hostKey(p.atoms[0].lit), true
+	}
+	if strings.Count(p.suffix, ".") >= 2 {
+		return hostKey(p.suffix), true
+	}
+	return "", false
 }
 
 // rule is one "track" or "allow" line.
@@ -150,12 +212,29 @@ func ParseRules(r io.Reader, name string) (*Rules, error) {
 		return nil, errors.Join(errs...)
 	}
 	rs.digest = hex.EncodeToString(h.Sum(nil))[:12]
+	rs.allowIdx, rs.trackIdx = buildRuleIndex(rs.allow), buildRuleIndex(rs.track)
 	return rs, nil
 }
 
 // match reports the first allow rule, else the first track rule, matching
 // host (lower case) and target (path and query).
 func (r *Rules) match(host, target string) (hit, allow bool, vendor string) {
+	for _, i := range r.allowIdx.candidates(host) {
+		if r.allow[i].matches(host, target) {
+			return true, true, r.allow[i].vendor
+		}
+	}
+	for _, i := range r.trackIdx.candidates(host) {
+		if r.track[i].matches(host, target) {
+			return true, false, r.track[i].vendor
+		}
+	}
+	return false, false, ""
+}
+
+// matchLinear is match without the index: the reference it is tested
+// against.
+func (r *Rules) matchLinear(host, target string) (hit, allow bool, vendor string) {
 	for i := range r.allow {
 		if r.allow[i].matches(host, target) {
 			return true, true, r.allow[i].vendor

@@ -17,10 +17,11 @@ import (
 // jumps with IndexByte through text, quoted attribute values and raw text.
 //
 // The common constructs are handled here. The rare ones are handed to
-// x/net/html itself, on the bytes from the start of the token: input that
-// ends inside a token, a <script> (its escaping rules), and a start tag
-// ending in "/>" whose last attribute value is unquoted (whether it is
-// self-closing then depends on duplicate attribute names). Between tokens
+// x/net/html itself, on the bytes from the start of the token: a <script>
+// (its escaping rules), a start tag ending in "/>" whose last attribute
+// value is unquoted (whether it is self-closing then depends on duplicate
+// attribute names), and "</" or "<!DOCTYPE" cut short by the end of the
+// input. Between tokens
 // x/net/html keeps no state but the raw-text element it is in, so a fresh
 // tokenizer started at a token boundary in the data state reads the same
 // tokens as one that had read everything before.
@@ -97,7 +98,7 @@ func (t *tokenizer) markup(lt int) (html.TokenType, int) {
 	case isASCIILetter(c):
 		nameEnd, te, lastUnquotedAtGT := scanTag(b, lt+2)
 		if te < 0 {
-			return t.delegate(lt)
+			return t.unterminatedTag(lt)
 		}
 		tag := rawTextTag(b[lt+1 : nameEnd])
 		if tag == "script" {
@@ -128,7 +129,7 @@ func (t *tokenizer) markup(lt int) (html.TokenType, int) {
 		case isASCIILetter(c2):
 			_, te, _ := scanTag(b, lt+3)
 			if te < 0 {
-				return t.delegate(lt)
+				return t.unterminatedTag(lt)
 			}
 			t.pos = te
 			return html.EndTagToken, te - lt
@@ -137,23 +138,25 @@ func (t *tokenizer) markup(lt int) (html.TokenType, int) {
 	case c == '?':
 		return t.untilCloseAngle(lt, lt+2, html.CommentToken)
 	}
-	// "<!": a comment, a doctype or a bogus comment.
+	// "<!": a comment, a doctype or a bogus comment. One the input ends
+	// in runs to the end.
 	if lt+3 >= len(b) {
-		return t.delegate(lt)
+		t.pos = len(b)
+		return html.CommentToken, len(b) - lt
 	}
 	if b[lt+2] == '-' && b[lt+3] == '-' {
 		te := commentEnd(b, lt+4)
 		if te < 0 {
-			return t.delegate(lt)
+			te = len(b)
 		}
 		t.pos = te
 		return html.CommentToken, te - lt
 	}
 	const doctype = "DOCTYPE"
-	if lt+2+len(doctype) >= len(b) {
-		return t.delegate(lt)
-	}
 	for i := 0; i < len(doctype); i++ {
+		if lt+2+i >= len(b) {
+			return t.delegate(lt) // "<!DOC" and the end
+		}
 		if c := b[lt+2+i]; c != doctype[i] && c != doctype[i]+('a'-'A') {
 			return t.untilCloseAngle(lt, lt+2, html.CommentToken)
 		}
@@ -161,19 +164,25 @@ func (t *tokenizer) markup(lt int) (html.TokenType, int) {
 	return t.untilCloseAngle(lt, lt+2+len(doctype), html.DoctypeToken)
 }
 
-// untilCloseAngle ends the token at lt with the first ">" from i on.
+// untilCloseAngle ends the token at lt with the first ">" from i on, or
+// with the input.
 func (t *tokenizer) untilCloseAngle(lt, i int, tt html.TokenType) (html.TokenType, int) {
-	k := bytes.IndexByte(t.b[i:], '>')
-	if k < 0 {
-		return t.delegate(lt)
+	t.pos = len(t.b)
+	if k := bytes.IndexByte(t.b[i:], '>'); k >= 0 {
+		t.pos = i + k + 1
 	}
-	t.pos = i + k + 1
 	return tt, t.pos - lt
 }
 
+// unterminatedTag ends the input at a tag the input ends in: x/net/html
+// reports an error, whose raw bytes are the tag's, and no token after it.
+func (t *tokenizer) unterminatedTag(lt int) (html.TokenType, int) {
+	t.pos = len(t.b)
+	return html.ErrorToken, len(t.b) - lt
+}
+
 // delegate hands the rest of the input, from the token boundary lt, to
-// x/net/html: what it does at the end of the input has many cases, and
-// they happen once per part.
+// x/net/html: a "</" or a "<!DOCTYPE" cut short by the end of the input.
 func (t *tokenizer) delegate(lt int) (html.TokenType, int) {
 	t.tail = html.NewTokenizer(bytes.NewReader(t.b[lt:]))
 	t.pos = len(t.b)
