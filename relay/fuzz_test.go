@@ -73,14 +73,18 @@ func undot(b []byte) ([]byte, bool) {
 // FuzzDotWriter checks that whatever the relay sends upstream ends exactly
 // at its own end-of-data line, and decodes back to the copy.
 func FuzzDotWriter(f *testing.F) {
-	for _, s := range []string{"a\r\n.b\r\n", ".\r\n", "a\n.\nb", "no newline", "\r\n.\r\n.\r\n"} {
+	for _, s := range []string{"a\r\n.b\r\n", ".\r\n", "a\n.\nb", "no newline", "\r\n.\r\n.\r\n", "x\r\ny\r\n\n.z\r\nw\r"} {
 		f.Add([]byte(s), uint8(3))
+		f.Add([]byte(s), uint8(0x80))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
 		var out bytes.Buffer
 		w := bufio.NewWriter(&out)
 		d := &dotWriter{w: w, bol: true}
 		n := int(step%16) + 1
+		if step&0x80 != 0 {
+			n = len(data) + 1 // one write: long runs of lines
+		}
 		for i := 0; i < len(data); i += n {
 			d.Write(data[i:min(i+n, len(data))])
 		}

