@@ -22,6 +22,7 @@
 #   PPROF_DIR=/tmp/prof sudo bench/postfix/run.sh   # and CPU profiles of pixelrelay (go tool pprof)
 #   PERF_DIR=/tmp/perf sudo bench/postfix/run.sh     # and system-wide perf recordings of one run per setup
 #   ROUNDS=5 MESSAGES=2000 SESSIONS=20 sudo bench/postfix/run.sh
+#   GODEBUG= sudo bench/postfix/run.sh    # pixelrelay without the systemd unit's GODEBUG
 #
 # Needs root (Postfix instances) and the Debian postfix package. Exit
 # status: 0 when both ratios meet the target, 1 when one does not, 2 when
@@ -144,6 +145,14 @@ scan_lmtp() { # DIR FILTER_PORT
 	postconf -c "$1" -M 'scanlmtp/unix = scanlmtp unix - - n - 10 lmtp'
 	postconf -c "$1" -P 'scanlmtp/unix/disable_mime_output_conversion = yes' 'scanlmtp/unix/lmtp_generic_maps ='
 }
+# pixelrelay runs with the GODEBUG that deploy/systemd/pixelrelay.service
+# (and the Dockerfile) set, as a sidecar install would; GODEBUG= in the
+# environment measures the plain binary instead.
+if [ -z "${GODEBUG+set}" ]; then
+	GODEBUG=$(sed -n 's/^Environment=GODEBUG=//p' deploy/systemd/pixelrelay.service)
+	[ -n "$GODEBUG" ] || die "deploy/systemd/pixelrelay.service sets no GODEBUG"
+fi
+export GODEBUG
 relay() { # NAME FLAGS... : pixelrelay serve for a setup
 	name=$1
 	shift
@@ -251,7 +260,7 @@ stop_perf() {
 # not busy).
 cpu_busy() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
 
-echo "Postfix sidecar benchmark: $(basename "$MESSAGE") as $size bytes, $MESSAGES messages x $SESSIONS sessions, $ROUNDS rounds; Postfix $(postconf -d -h mail_version); $(nproc) CPUs shared by everything; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "Postfix sidecar benchmark: $(basename "$MESSAGE") as $size bytes, $MESSAGES messages x $SESSIONS sessions, $ROUNDS rounds; Postfix $(postconf -d -h mail_version); $(nproc) CPUs shared by everything; pixelrelay with GODEBUG=${GODEBUG:-(unset)}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for s in $SETUPS; do run "$s" 50 10 60 >/dev/null; done # warm-up, and a check that each setup delivers
 grep -q '"action":"strip"' "$tmp/smtp.audit" || die "the SMTP filter did not strip: $(head -c 400 "$tmp/smtp.audit")"
 grep -q '"action":"strip"' "$tmp/lmtp.audit" || die "the LMTP filter did not strip: $(head -c 400 "$tmp/lmtp.audit")"

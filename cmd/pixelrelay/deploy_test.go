@@ -206,7 +206,7 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	for _, e := range unit["Environment"] {
 		k, v, _ := strings.Cut(e, "=")
-		if !known[k] {
+		if !known[k] && k != "GODEBUG" { // GODEBUG: TestGODEBUGAgrees
 			t.Errorf("Environment=%s: not a configuration variable", e)
 		}
 		if (k == "PIXELRELAY_DB" || k == "PIXELRELAY_AUDIT_LOG" || k == "PIXELRELAY_OUTBOX") && !strings.HasPrefix(v, "/var/lib/pixelrelay/") {
@@ -235,5 +235,33 @@ func TestSystemdUnit(t *testing.T) {
 	// the unit is a finding.
 	if err != nil || strings.Contains(string(out), "pixelrelay.service") {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestGODEBUGAgrees: the systemd unit and the Dockerfile tune Go's
+// scheduler monitor the same way (see the unit's comment), and
+// bench/postfix/run.sh measures with what the unit sets.
+func TestGODEBUGAgrees(t *testing.T) {
+	unit, err := os.ReadFile(systemdUnitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^Environment=GODEBUG=(\S+)$`).FindSubmatch(unit)
+	if m == nil {
+		t.Fatalf("%s sets no GODEBUG", systemdUnitPath)
+	}
+	want := string(m[1])
+	if !strings.Contains(want, "schedtrace=2147483647") {
+		t.Errorf("%s: GODEBUG=%s, want schedtrace=2147483647 (the largest interval Go accepts)", systemdUnitPath, want)
+	}
+	if got := parseDockerfile(t, dockerfilePath).stages[1].env()["GODEBUG"]; got != want {
+		t.Errorf("Dockerfile: GODEBUG=%q, the systemd unit has %q", got, want)
+	}
+	script, err := os.ReadFile("../../bench/postfix/run.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(script, []byte("Environment=GODEBUG=")) {
+		t.Error("bench/postfix/run.sh no longer takes GODEBUG from the systemd unit")
 	}
 }
