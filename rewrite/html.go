@@ -272,6 +272,11 @@ func (s *htmlScan) comment(ts, te int) {
 // spell its parenthesis as a character reference (url&#40;), so the words
 // are matched in any case and without what may follow them.
 func mayFetch(b []byte) bool {
+	// Every reference is an attribute value, so it needs an "=", or sits in
+	// a style element. Most conditional comments only close table cells.
+	if bytes.IndexByte(b, '=') < 0 && !containsFold(b, "<style") {
+		return false
+	}
 	for _, k := range [...]string{"src", "url", "background", "<style", "<link", "data", "poster"} {
 		if containsFold(b, k) {
 			return true
