@@ -103,7 +103,9 @@ func (d *directData) Read(p []byte) (int, error) {
 			if d.err != nil {
 				break
 			}
-			m, err := d.c.Conn.Read(d.c.buf)
+			// The 354 (and whatever replies are held with it) goes
+			// out before the wait for the message.
+			m, err := d.c.sockRead(d.c.buf)
 			d.in = d.c.buf[:m]
 			if err != nil {
 				if err == io.EOF {

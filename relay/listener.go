@@ -142,6 +142,16 @@ type trackedConn struct {
 	sess       atomic.Pointer[session]
 	closed     sync.Once
 
+	// held is go-smtp's replies, kept back while the wrapper sees the
+	// plaintext and sent in one write just before the wrapper next waits
+	// for the client (or closes), as Postfix's smtpd flushes only when its
+	// input runs dry. A client that pipelines MAIL, RCPT and DATA then
+	// gets three replies in one segment, not three, and each small write
+	// on loopback costs about as much as copying 100 KB. A client that
+	// waits for each reply makes go-smtp read again, which sends it.
+	wmu  sync.Mutex
+	held []byte
+
 	// plain: the wrapper sees the client's plaintext: from the start on
 	// listeners without implicit TLS, until go-smtp accepts a STARTTLS.
 	// From then on it passes bytes through, and go-smtp's own line limit
@@ -201,6 +211,9 @@ func (c *trackedConn) refuse(enh, text string) {
 }
 
 func (c *trackedConn) sockRead(p []byte) (int, error) {
+	if err := c.flushHeld(); err != nil {
+		return 0, err
+	}
 	c.reading.Store(true)
 	n, err := c.Conn.Read(p)
 	c.reading.Store(false)
@@ -447,6 +460,22 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 			}
 		}
 	}
+	// Not held: after STARTTLS's 220 (go-smtp's TLS layer writes records
+	// that must go now), a reply the connection closes after, and a write
+	// from another goroutine while the session waits for the client (the
+	// shutdown's 421).
+	if c.plain.Load() && !c.closeAfter.Load() && !c.reading.Load() {
+		c.wmu.Lock()
+		if len(c.held)+len(p) <= maxHeld {
+			c.held = append(c.held, p...)
+			c.wmu.Unlock()
+			return len(p), nil
+		}
+		c.wmu.Unlock()
+	}
+	if err := c.flushHeld(); err != nil {
+		return 0, err
+	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfter.Load() {
 		c.Close()
@@ -454,7 +483,25 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// maxHeld bounds the replies held back: a client that pipelines commands
+// without reading the replies gets them written (and go-smtp's write
+// timeout) once this much is owed.
+const maxHeld = 4 << 10
+
+// flushHeld writes the held replies.
+func (c *trackedConn) flushHeld() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.held) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.held)
+	c.held = c.held[:0]
+	return err
+}
+
 func (c *trackedConn) Close() error {
+	c.flushHeld() // QUIT's 221, go-smtp's last words
 	err := c.Conn.Close()
 	c.closed.Do(func() {
 		c.r.conns.remove(c)

@@ -1,0 +1,49 @@
+package relay
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestPipelinedRepliesShareAWrite: a client that pipelines MAIL, RCPT and
+// DATA, as Postfix's smtp client does, gets the three replies in one
+// write, so its first read returns all of them. Before, each went out on
+// its own (the RCPT's only after the upstream round trip), and the first
+// read returned the MAIL reply alone. A client that waits for each reply
+// still gets it (every other dialogue), and QUIT's 221 still arrives
+// before the close.
+func TestPipelinedRepliesShareAWrite(t *testing.T) {
+	h := newHarness(t, nil)
+	c := dialFrom(t, h.addr, "")
+	if g := c.reply(); !strings.HasPrefix(g, "220") {
+		t.Fatalf("greeting %q", g)
+	}
+	c.expect("EHLO client.example", "250")
+	if _, err := c.conn.Write([]byte("MAIL FROM:<news@example-news.com>\r\nRCPT TO:<reader@example.fr>\r\nDATA\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(buf[:n])
+	lines := strings.Split(strings.TrimSuffix(got, "\r\n"), "\r\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "250 ") || !strings.HasPrefix(lines[1], "250 ") || !strings.HasPrefix(lines[2], "354 ") {
+		t.Fatalf("first read after the pipelined MAIL, RCPT, DATA: %q, want the 250, 250 and 354 together", got)
+	}
+	if _, err := c.conn.Write([]byte("Subject: held\r\n\r\nbody\r\n.\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.reply(); !strings.HasPrefix(r, "250") {
+		t.Fatalf("end of data: %q", r)
+	}
+	if n := len(h.up.Messages()); n != 1 {
+		t.Fatalf("the upstream has %d messages, want 1", n)
+	}
+	if r := c.cmd("QUIT"); !strings.HasPrefix(r, "221") {
+		t.Fatalf("QUIT: %q, want 221 before the close", r)
+	}
+}
