@@ -379,8 +379,12 @@ func (r *Relay) upstreamFailed(phase string, err error) {
 		kind = "permanent"
 	}
 	var ue *UpstreamError
-	if errors.As(err, &ue) {
+	var mr *mailRefused
+	switch {
+	case errors.As(err, &ue):
 		phase = ue.Phase
+	case errors.As(err, &mr):
+		phase = "mail" // sent with the first RCPT
 	}
 	r.metrics.upstreamErrors.WithLabelValues(phase, kind).Inc()
 	if isSMTPReply(err) {

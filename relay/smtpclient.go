@@ -207,6 +207,11 @@ func (c *upClient) auth(a sasl.Client) error {
 // SIZE is left out (a rewrite changes it) and AUTH= described the client's
 // session with us, not ours with the upstream.
 func (c *upClient) mail(from string, opts *smtp.MailOptions) error {
+	_, _, err := c.cmd(250, "%s", c.mailCmd(from, opts))
+	return err
+}
+
+func (c *upClient) mailCmd(from string, opts *smtp.MailOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "MAIL FROM:<%s>", from)
 	if opts != nil {
@@ -228,12 +233,48 @@ func (c *upClient) mail(from string, opts *smtp.MailOptions) error {
 			}
 		}
 	}
-	_, _, err := c.cmd(250, "%s", b.String())
-	return err
+	return b.String()
 }
 
 // rcpt sends RCPT TO with the DSN parameters.
 func (c *upClient) rcpt(to string, opts *smtp.RcptOptions) error {
+	_, _, err := c.cmd(25, "%s", c.rcptCmd(to, opts))
+	return err
+}
+
+// mailRcpt sends MAIL and the first RCPT in one write when the upstream
+// offers PIPELINING (RFC 2920), one after the other otherwise, and reads
+// both replies: one round trip per message instead of two. mailErr is
+// MAIL's failure; then RCPT's reply (503, most likely) has been read too,
+// if the connection still works, so the two stay in step.
+func (c *upClient) mailRcpt(from string, mopts *smtp.MailOptions, to string, ropts *smtp.RcptOptions) (mailErr, rcptErr error) {
+	if !c.has("PIPELINING") {
+		if err := c.mail(from, mopts); err != nil {
+			return err, nil
+		}
+		return nil, c.rcpt(to, ropts)
+	}
+	c.raw.SetDeadline(time.Now().Add(c.cmdTimeout))
+	defer c.raw.SetDeadline(time.Time{})
+	if _, err := c.text.W.WriteString(c.mailCmd(from, mopts) + "\r\n"); err != nil {
+		return err, nil
+	}
+	if err := c.text.PrintfLine("%s", c.rcptCmd(to, ropts)); err != nil {
+		return err, nil
+	}
+	if _, _, mailErr = c.reply(250); mailErr != nil {
+		if isSMTPReply(mailErr) {
+			if _, _, err := c.reply(25); err != nil && !isSMTPReply(err) {
+				return err, nil // the connection failed after all
+			}
+		}
+		return mailErr, nil
+	}
+	_, _, rcptErr = c.reply(25)
+	return nil, rcptErr
+}
+
+func (c *upClient) rcptCmd(to string, opts *smtp.RcptOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "RCPT TO:<%s>", to)
 	if opts != nil && c.has("DSN") {
@@ -257,8 +298,7 @@ func (c *upClient) rcpt(to string, opts *smtp.RcptOptions) error {
 			}
 		}
 	}
-	_, _, err := c.cmd(25, "%s", b.String())
-	return err
+	return b.String()
 }
 
 // xtext encodes a DSN parameter value (RFC 3461 §4).

@@ -185,6 +185,10 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 		u.put(conn)
 		return nil, refusal
 	}
+	if conn.c.has("PIPELINING") {
+		// MAIL goes out with the first RCPT (smtpTx.Rcpt).
+		return &smtpTx{up: u, conn: conn, mail: &pendingMail{from: from, opts: opts, reused: reused}}, nil
+	}
 	err = conn.c.mail(from, opts)
 	if err != nil && reused && !isSMTPReply(err) {
 		// A pooled connection the upstream dropped while it sat idle fails
@@ -202,21 +206,27 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 		err = conn.c.mail(from, opts)
 	}
 	if err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code == 530 {
-			// "Authentication required": the upstream wants credentials
-			// this relay was not given. That is our configuration, not
-			// the message: temporary, so mail waits for the fix.
-			conn.c.Close()
-			// The reply's text is left out: this error is logged, and an
-			// upstream's text may name addresses.
-			return nil, &UpstreamError{Phase: "auth", Err: fmt.Errorf(
-				"%s requires AUTH (%d %d.%d.%d); give the upstream URL user:password@ (and use starttls:// or smtps://)",
-				u.opt.URL.Addr, se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])}
-		}
-		return nil, u.fail(conn, "mail", err)
+		return nil, u.mailFailed(conn, err)
 	}
 	return &smtpTx{up: u, conn: conn}, nil
+}
+
+// mailFailed turns a failed MAIL into the transaction's error, and pools or
+// closes the connection.
+func (u *smtpUpstream) mailFailed(conn *upConn, err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code == 530 {
+		// "Authentication required": the upstream wants credentials
+		// this relay was not given. That is our configuration, not
+		// the message: temporary, so mail waits for the fix.
+		conn.c.Close()
+		// The reply's text is left out: this error is logged, and an
+		// upstream's text may name addresses.
+		return &UpstreamError{Phase: "auth", Err: fmt.Errorf(
+			"%s requires AUTH (%d %d.%d.%d); give the upstream URL user:password@ (and use starttls:// or smtps://)",
+			u.opt.URL.Addr, se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])}
+	}
+	return u.fail(conn, "mail", err)
 }
 
 // unsupported refuses a transaction the upstream cannot carry as the
@@ -428,13 +438,63 @@ func (u *smtpUpstream) Close() error {
 type smtpTx struct {
 	up   *smtpUpstream
 	conn *upConn
+	// mail is the MAIL command not sent yet: with PIPELINING it goes out
+	// with the first RCPT, which saves a round trip per message.
+	mail *pendingMail
 }
+
+type pendingMail struct {
+	from   string
+	opts   *smtp.MailOptions
+	reused bool // the connection came from the pool, unchecked
+}
+
+// mailRefused is the upstream's refusal of a MAIL that went out with a
+// RCPT: the session reports it as the MAIL's, and no transaction exists.
+type mailRefused struct{ *smtp.SMTPError }
+
+func (e *mailRefused) Unwrap() error { return e.SMTPError }
 
 func (t *smtpTx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error {
 	if t.conn == nil {
 		return &UpstreamError{Phase: "rcpt", Err: errors.New("transaction already ended")}
 	}
-	err := t.conn.c.rcpt(to, opts)
+	var err error
+	if m := t.mail; m != nil {
+		var mailErr error
+		mailErr, err = t.conn.c.mailRcpt(m.from, m.opts, to, opts)
+		if mailErr != nil && m.reused && !isSMTPReply(mailErr) {
+			// A pooled connection the upstream dropped while it sat idle
+			// fails here, at the first commands of a transaction: none
+			// exists yet, so starting afresh cannot duplicate one. This
+			// replaces a NOOP round trip before every reuse.
+			t.conn.c.Close()
+			if t.conn, err = t.up.dial(ctx); err != nil {
+				return err
+			}
+			m.reused = false
+			if refusal := unsupported(t.conn.c, m.opts); refusal != nil {
+				t.up.put(t.conn)
+				t.conn = nil
+				return refusal
+			}
+			mailErr, err = t.conn.c.mailRcpt(m.from, m.opts, to, opts)
+		}
+		if mailErr != nil {
+			var se *smtp.SMTPError
+			if errors.As(mailErr, &se) && se.Code != 530 {
+				// The sender refused: no transaction exists. The next
+				// RCPT tries MAIL again, as a new Begin would have.
+				return &mailRefused{se}
+			}
+			conn := t.conn
+			t.conn = nil
+			return t.up.mailFailed(conn, mailErr)
+		}
+		t.mail = nil
+	} else {
+		err = t.conn.c.rcpt(to, opts)
+	}
 	if err == nil {
 		return nil
 	}
@@ -488,6 +548,11 @@ func (t *smtpTx) Abort() {
 	}
 	conn := t.conn
 	t.conn = nil
+	if t.mail != nil {
+		// MAIL never went out, or the upstream refused it: nothing to reset.
+		t.up.put(conn)
+		return
+	}
 	if _, _, err := conn.c.cmd(250, "RSET"); err != nil {
 		conn.c.Close()
 		return

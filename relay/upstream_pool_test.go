@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"net"
@@ -120,5 +121,68 @@ func TestPooledConnectionDroppedByUpstream(t *testing.T) {
 	}
 	if n := up.Conns(); n != 2 {
 		t.Errorf("upstream saw %d connections, want 2 (the dropped one, then a fresh one)", n)
+	}
+}
+
+// An upstream that offers PIPELINING receives MAIL and the first RCPT
+// together: this one reads the RCPT before it answers the MAIL, so a relay
+// that waited for the MAIL reply first would time out here.
+func TestMailPipelinedWithFirstRcpt(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	problems := make(chan string, 4)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		line := func() string {
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			l, err := r.ReadString('\n')
+			if err != nil {
+				problems <- "reading: " + err.Error()
+			}
+			return strings.TrimRight(l, "\r\n")
+		}
+		io.WriteString(c, "220 up.test ESMTP\r\n")
+		line() // EHLO
+		io.WriteString(c, "250-up.test\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n250 8BITMIME\r\n")
+		if l := line(); !strings.HasPrefix(l, "MAIL FROM:") {
+			problems <- "first command " + l
+		}
+		if l := line(); !strings.HasPrefix(l, "RCPT TO:") {
+			problems <- "the RCPT did not come with the MAIL: " + l
+		}
+		io.WriteString(c, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n")
+		if l := line(); l != "DATA" {
+			problems <- "after RCPT: " + l
+		}
+		io.WriteString(c, "354 go on\r\n")
+		for line() != "." {
+		}
+		io.WriteString(c, "250 2.0.0 ok: queued as 4XQ\r\n")
+		for {
+			switch l := line(); {
+			case strings.HasPrefix(l, "QUIT"), l == "":
+				io.WriteString(c, "221 bye\r\n")
+				return
+			default:
+				io.WriteString(c, "250 ok\r\n")
+			}
+		}
+	}()
+	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + ln.Addr().String() })
+	if err := sendThrough(h, "bob@example.org"); err != nil {
+		t.Fatalf("message through an upstream that wants MAIL and RCPT together: %v", err)
+	}
+	select {
+	case p := <-problems:
+		t.Fatal(p)
+	default:
 	}
 }
