@@ -61,6 +61,13 @@ type qpLine struct {
 // padding) is dropped. Hard line breaks keep their original bytes, so LF
 // input decodes to LF text.
 func qpDecode(enc, dec []byte, lines []qpLine) ([]byte, []qpLine) {
+	// Decoding never lengthens: room for len(enc) more bytes is enough,
+	// and writing by index spares an append's checks per "=3D".
+	if cap(dec)-len(dec) < len(enc) {
+		dec = append(make([]byte, 0, len(dec)+len(enc)), dec...)
+	}
+	w := len(dec)
+	d := dec[:cap(dec)]
 	for i := 0; i < len(enc); {
 		ls := i
 		nl := bytes.IndexByte(enc[i:], '\n')
@@ -81,31 +88,33 @@ func qpDecode(enc, dec []byte, lines []qpLine) ([]byte, []qpLine) {
 		if soft {
 			ce--
 		}
-		l := qpLine{encStart: ls, encEnd: lineEnd, decStart: len(dec), soft: soft}
+		l := qpLine{encStart: ls, encEnd: lineEnd, decStart: w, soft: soft}
 		for j := ls; j < ce; {
 			eq := bytes.IndexByte(enc[j:ce], '=')
 			if eq < 0 {
-				dec = append(dec, enc[j:ce]...)
+				w += copy(d[w:], enc[j:ce])
 				break
 			}
-			dec = append(dec, enc[j:j+eq]...)
+			w += copy(d[w:], enc[j:j+eq])
 			j += eq
 			if j+2 < ce && isHex(enc[j+1]) && isHex(enc[j+2]) {
-				dec = append(dec, unhex(enc[j+1])<<4|unhex(enc[j+2]))
+				d[w] = unhex(enc[j+1])<<4 | unhex(enc[j+2])
+				w++
 				j += 3
 				continue
 			}
-			dec = append(dec, '=')
+			d[w] = '='
+			w++
 			j++
 		}
 		if !soft && eol < lineEnd {
-			dec = append(dec, enc[eol:lineEnd]...)
+			w += copy(d[w:], enc[eol:lineEnd])
 		}
-		l.decEnd = len(dec)
+		l.decEnd = w
 		lines = append(lines, l)
 		i = lineEnd
 	}
-	return dec, lines
+	return d[:w], lines
 }
 
 func unhex(c byte) byte {
