@@ -73,10 +73,7 @@ func TestGrownRCPTLineThenBDATChunk(t *testing.T) {
 	tail := "RCPT TO:<v@x> ORCPT=rfc822;" + strings.Repeat("+D0+90", 11) + "@x\r\n"
 	tail = strings.Replace(tail, "<v", "<"+strings.Repeat("v", 99-len(tail)), 1)
 	chunk := "Subject: pipelined\r\n\r\n" + strings.Repeat("0123456789\r\n", 400) + tail
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example")
 	fmt.Fprintf(c.conn, "%sBDAT %d LAST\r\n%sQUIT\r\n", rcpt, len(chunk), chunk)
 	var replies []string
 	for r := c.reply(); r != "EOF"; r = c.reply() {

@@ -51,11 +51,23 @@ func dialFrom(t *testing.T, addr, src string) *client {
 // each step expected to succeed: the opening most dialogues share.
 func openTx(t *testing.T, addr, from string, rcpts ...string) *client {
 	t.Helper()
+	return openTxHello(t, addr, "EHLO client.example", from, rcpts...)
+}
+
+// openLMTPTx is openTx on an LMTP listener, greeted as Postfix's lmtp
+// client greets it.
+func openLMTPTx(t *testing.T, addr, from string, rcpts ...string) *client {
+	t.Helper()
+	return openTxHello(t, addr, "LHLO postfix.example", from, rcpts...)
+}
+
+func openTxHello(t *testing.T, addr, hello, from string, rcpts ...string) *client {
+	t.Helper()
 	c := dialFrom(t, addr, "")
 	if g := c.reply(); !strings.HasPrefix(g, "220") {
 		t.Fatalf("greeting %q, want 220", g)
 	}
-	c.expect("EHLO client.example", "250")
+	c.expect(hello, "250")
 	c.expect("MAIL FROM:<"+from+">", "250")
 	for _, r := range rcpts {
 		c.expect("RCPT TO:<"+r+">", "250")
@@ -342,21 +354,12 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("recipients", func(t *testing.T) {
 		h := newHarness(t, func(c *Config) { c.MaxRecipients = 2 })
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO x.example", "250")
-		c.expect("MAIL FROM:<a@ok.example>", "250")
-		c.expect("RCPT TO:<b1@ok.example>", "250")
-		c.expect("RCPT TO:<b2@ok.example>", "250")
+		c := openTx(t, h.addr, "a@ok.example", "b1@ok.example", "b2@ok.example")
 		c.expect("RCPT TO:<b3@ok.example>", "452 4.5.3")
 	})
 	t.Run("header size", func(t *testing.T) {
 		h := newHarness(t, func(c *Config) { c.MaxHeaderBytes = 1024 })
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO x.example", "250")
-		c.expect("MAIL FROM:<a@ok.example>", "250")
-		c.expect("RCPT TO:<b@ok.example>", "250")
+		c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 		c.expect("DATA", "354")
 		c.conn.Write([]byte(strings.Repeat("X-Filler: "+strings.Repeat("f", 60)+"\r\n", 30) + "\r\nbody\r\n.\r\n"))
 		if r := c.reply(); !strings.HasPrefix(r, "552 5.3.4") {
@@ -368,11 +371,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("line length", func(t *testing.T) {
 		h := newHarness(t, func(c *Config) { c.MaxLineLength = 1000 })
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO x.example", "250")
-		c.expect("MAIL FROM:<a@ok.example>", "250")
-		c.expect("RCPT TO:<b@ok.example>", "250")
+		c := openTx(t, h.addr, "a@ok.example", "b@ok.example")
 		c.expect("DATA", "354")
 		c.conn.Write([]byte("Subject: long\r\n\r\n" + strings.Repeat("y", 1500) + "\r\n.\r\n"))
 		r := c.reply()
@@ -440,19 +439,12 @@ func TestLimits(t *testing.T) {
 			t.Errorf("idle client: %q, want 421", r)
 		}
 		// Silent inside a transaction.
-		c = dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO x.example", "250")
-		c.expect("MAIL FROM:<a@ok.example>", "250")
+		c = openTx(t, h.addr, "a@ok.example")
 		if r := c.reply(); !strings.HasPrefix(r, "421") {
 			t.Errorf("client silent after MAIL: %q, want 421", r)
 		}
 		// Trickling DATA past the data timeout.
-		c = dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO x.example", "250")
-		c.expect("MAIL FROM:<a@ok.example>", "250")
-		c.expect("RCPT TO:<b@ok.example>", "250")
+		c = openTx(t, h.addr, "a@ok.example", "b@ok.example")
 		c.expect("DATA", "354")
 		for i := 0; i < 8; i++ {
 			if _, err := c.conn.Write([]byte("Subject: slow\r\n")); err != nil {
@@ -475,11 +467,7 @@ func TestGracefulDrain(t *testing.T) {
 	idle.reply()
 	idle.expect("EHLO idle.example", "250")
 
-	busy := dialFrom(t, h.addr, "")
-	busy.reply()
-	busy.expect("EHLO busy.example", "250")
-	busy.expect("MAIL FROM:<news@acme.example>", "250")
-	busy.expect("RCPT TO:<alice@example.fr>", "250")
+	busy := openTx(t, h.addr, "news@acme.example", "alice@example.fr")
 
 	done := make(chan error, 1)
 	go func() {
@@ -519,10 +507,7 @@ func TestGracefulDrain(t *testing.T) {
 
 func TestDrainDeadline(t *testing.T) {
 	h := newHarness(t, nil)
-	busy := dialFrom(t, h.addr, "")
-	busy.reply()
-	busy.expect("EHLO busy.example", "250")
-	busy.expect("MAIL FROM:<news@acme.example>", "250")
+	busy := openTx(t, h.addr, "news@acme.example")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	if err := h.relay.Shutdown(ctx); err == nil {

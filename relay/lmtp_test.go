@@ -16,12 +16,7 @@ func TestLMTPPerRecipientStatus(t *testing.T) {
 	// alice's copy (stripped) is deferred once; bob's (original) goes through.
 	h.up.Inject(relaytest.Fault{Phase: "data", Rcpt: "alice@example.fr", Times: 1, Err: smtpErr(451, "4.3.0 try later")})
 
-	c := dialFrom(t, h.relay.Addr("lmtp").String(), "")
-	c.reply()
-	c.expect("LHLO postfix.example", "250")
-	c.expect("MAIL FROM:<news@acme.example>", "250")
-	c.expect("RCPT TO:<alice@example.fr>", "250")
-	c.expect("RCPT TO:<bob@example.com>", "250")
+	c := openLMTPTx(t, h.relay.Addr("lmtp").String(), "news@acme.example", "alice@example.fr", "bob@example.com")
 	c.expect("DATA", "354")
 	msg := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	c.conn.Write(dotStuff(msg))
@@ -56,12 +51,7 @@ func TestLMTPAllRefusedIsAuditedRefused(t *testing.T) {
 	h.setConsent("bob@example.com", "granted")
 	h.up.Inject(relaytest.Fault{Phase: "data", Err: smtpErr(554, "5.7.1 Policy rejection")})
 
-	c := dialFrom(t, h.relay.Addr("lmtp").String(), "")
-	c.reply()
-	c.expect("LHLO postfix.example", "250")
-	c.expect("MAIL FROM:<news@acme.example>", "250")
-	c.expect("RCPT TO:<alice@example.fr>", "250")
-	c.expect("RCPT TO:<bob@example.com>", "250")
+	c := openLMTPTx(t, h.relay.Addr("lmtp").String(), "news@acme.example", "alice@example.fr", "bob@example.com")
 	c.expect("DATA", "354")
 	msg := mustReadFile(t, "../testdata/messages/newsletter.eml")
 	c.conn.Write(dotStuff(msg))

@@ -55,10 +55,7 @@ func TestUpstreamReplyAddressNotLogged(t *testing.T) {
 	h.up.Inject(relaytest.Fault{Phase: "rcpt", Rcpt: "bob@ok.example",
 		Err: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1},
 			Message: "<bob@ok.example>: Recipient address rejected: User unknown in virtual mailbox table"}})
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example")
 	c.expect("RCPT TO:<bob@ok.example>", "550")
 	c.cmd("QUIT")
 	if logs := h.logs.String(); strings.Contains(logs, "bob@ok.example") {
@@ -74,10 +71,7 @@ func TestUpstreamReplyTextNotLogged(t *testing.T) {
 	h.up.Inject(relaytest.Fault{Phase: "rcpt", Rcpt: "john doe@ok.example",
 		Err: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1},
 			Message: "john doe@ok.example: Recipient address rejected"}})
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example")
 	c.expect(`RCPT TO:<"john doe"@ok.example>`, "550 5.1.1")
 	c.cmd("QUIT")
 	logs := h.logs.String()
@@ -97,10 +91,7 @@ func partialPermanent(t *testing.T, h *harness, aliceParams string) string {
 	h.setConsent("bob@example.com", "granted")
 	h.up.Inject(relaytest.Fault{Phase: "data", Rcpt: "alice@example.fr", Times: 1,
 		Err: &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Policy rejection"}})
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<news@acme.example>", "250")
+	c := openTx(t, h.addr, "news@acme.example")
 	c.expect("RCPT TO:<alice@example.fr>"+aliceParams, "250")
 	c.expect("RCPT TO:<bob@example.com>", "250")
 	c.expect("DATA", "354")
@@ -152,10 +143,7 @@ func TestDSNHonoursNotifyNever(t *testing.T) {
 // pseudonym of its own in the audit log, visibly not the store's.
 func TestPseudonymErrorAddressNotLogged(t *testing.T) {
 	h := newHarness(t, nil)
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example")
 	c.expect(`RCPT TO:<"john.doe smith"@ok.example>`, "250")
 	c.expect(`RCPT TO:<"jane roe"@ok.example>`, "250")
 	c.expect("DATA", "354")
@@ -234,10 +222,7 @@ func TestRetryWithBrokenGroup(t *testing.T) {
 func TestUpstreamAuthRequiredIsTemporary(t *testing.T) {
 	up := relaytest.NewUpstreamWith(t, relaytest.Options{Users: map[string]string{"relay": "pw"}})
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + up.Addr() })
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
-	c.expect("MAIL FROM:<a@ok.example>", "250")
+	c := openTx(t, h.addr, "a@ok.example")
 	if r := c.cmd("RCPT TO:<b@ok.example>"); strings.HasPrefix(r, "5") {
 		t.Errorf("upstream auth missing on our side, client told %q (a permanent bounce)", r)
 	}
