@@ -84,21 +84,7 @@ func BenchmarkRelay(b *testing.B) {
 // startSink is an SMTP server that accepts everything and keeps nothing,
 // reading DATA a line at a time from a 64 KB buffer, as smtp-sink does.
 func startSink(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serveSink(c)
-		}
-	}()
-	return ln.Addr().String()
+	return serveLoopback(b, serveSink)
 }
 
 func serveSink(c net.Conn) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -172,6 +173,29 @@ func (h *harness) auditRecords() []AuditRecord {
 }
 
 func beaconFilterAll() beacon.Filter { return beacon.Filter{Tenant: "*"} }
+
+// serveLoopback listens on a free loopback port while the test runs and
+// hands every connection it accepts to handle, in its own goroutine: the
+// scripted upstreams and taps of the tests that need one go-smtp cannot be
+// made into. It returns the address.
+func serveLoopback(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	return ln.Addr().String()
+}
 
 // mustReadFile is os.ReadFile for a test: a file that cannot be read is
 // the test's failure, never an empty input that passes vacuously.

@@ -12,46 +12,32 @@ import (
 // drops the connection (RST) while the relay streams the message: the next
 // hop failing in mid-transfer.
 func resettingUpstream(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		c.Write([]byte("220 up.test ESMTP\r\n"))
 		for {
-			c, err := ln.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func(c net.Conn) {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 up.test ESMTP\r\n"))
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					cmd := strings.ToUpper(strings.TrimSpace(line))
-					switch {
-					case strings.HasPrefix(cmd, "EHLO"):
-						c.Write([]byte("250-up.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"))
-					case cmd == "DATA":
-						c.Write([]byte("354 go ahead\r\n"))
-						r.Peek(1)
-						c.(*net.TCPConn).SetLinger(0)
-						return // reset while the body arrives
-					case strings.HasPrefix(cmd, "QUIT"):
-						c.Write([]byte("221 bye\r\n"))
-						return
-					default:
-						c.Write([]byte("250 ok\r\n"))
-					}
-				}
-			}(c)
+			cmd := strings.ToUpper(strings.TrimSpace(line))
+			switch {
+			case strings.HasPrefix(cmd, "EHLO"):
+				c.Write([]byte("250-up.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"))
+			case cmd == "DATA":
+				c.Write([]byte("354 go ahead\r\n"))
+				r.Peek(1)
+				c.(*net.TCPConn).SetLinger(0)
+				return // reset while the body arrives
+			case strings.HasPrefix(cmd, "QUIT"):
+				c.Write([]byte("221 bye\r\n"))
+				return
+			default:
+				c.Write([]byte("250 ok\r\n"))
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // The next hop dropping the connection while the copy streams is a

@@ -121,7 +121,7 @@ func TestPanicWhileStreamingClosesTheUpstreamConnection(t *testing.T) {
 	up := relaytest.NewUpstream(t)
 	tp := newTap(t, up.Addr())
 	var fr *faultyRewriter
-	h := newHarnessDeps(t, func(c *Config) { c.Upstream = "smtp://" + tp.ln.Addr().String() }, withFaultyRewriter(&fr))
+	h := newHarnessDeps(t, func(c *Config) { c.Upstream = "smtp://" + tp.addr }, withFaultyRewriter(&fr))
 	fr.panics.Store(true)
 	c := openTx(t, h.addr, "news@acme.example", "alice@example.fr")
 	c.expect("DATA", "354")

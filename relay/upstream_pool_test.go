@@ -16,7 +16,7 @@ import (
 // tap is a TCP forwarder between the relay and its upstream that keeps
 // every byte the relay sent, to see the conversation as the upstream did.
 type tap struct {
-	ln     net.Listener
+	addr   string
 	mu     sync.Mutex
 	sent   bytes.Buffer
 	closed int // connections the relay closed
@@ -24,33 +24,20 @@ type tap struct {
 
 func newTap(t *testing.T, upstream string) *tap {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tp := &tap{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", upstream)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			go func() { io.Copy(c, u); c.Close() }()
-			go func() {
-				io.Copy(io.MultiWriter(u, tp), c)
-				u.Close()
-				tp.mu.Lock()
-				tp.closed++
-				tp.mu.Unlock()
-			}()
+	tp := &tap{}
+	tp.addr = serveLoopback(t, func(c net.Conn) {
+		u, err := net.Dial("tcp", upstream)
+		if err != nil {
+			c.Close()
+			return
 		}
-	}()
+		go func() { io.Copy(c, u); c.Close() }()
+		io.Copy(io.MultiWriter(u, tp), c)
+		u.Close()
+		tp.mu.Lock()
+		tp.closed++
+		tp.mu.Unlock()
+	})
 	return tp
 }
 
@@ -86,7 +73,7 @@ func (tp *tap) count(line string) int {
 func TestPooledConnectionWithoutNOOP(t *testing.T) {
 	up := relaytest.NewUpstream(t)
 	tp := newTap(t, up.Addr())
-	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + tp.ln.Addr().String() })
+	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + tp.addr })
 	for i := 0; i < 3; i++ {
 		if err := sendThrough(h, "bob@example.org"); err != nil {
 			t.Fatal(err)
@@ -128,17 +115,8 @@ func TestPooledConnectionDroppedByUpstream(t *testing.T) {
 // together: this one reads the RCPT before it answers the MAIL, so a relay
 // that waited for the MAIL reply first would time out here.
 func TestMailPipelinedWithFirstRcpt(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	problems := make(chan string, 4)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	addr := serveLoopback(t, func(c net.Conn) {
 		defer c.Close()
 		r := bufio.NewReader(c)
 		line := func() string {
@@ -175,8 +153,8 @@ func TestMailPipelinedWithFirstRcpt(t *testing.T) {
 				io.WriteString(c, "250 ok\r\n")
 			}
 		}
-	}()
-	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + ln.Addr().String() })
+	})
+	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + addr })
 	if err := sendThrough(h, "bob@example.org"); err != nil {
 		t.Fatalf("message through an upstream that wants MAIL and RCPT together: %v", err)
 	}
