@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 )
 
@@ -162,5 +164,36 @@ func TestMailPipelinedWithFirstRcpt(t *testing.T) {
 	case p := <-problems:
 		t.Fatal(p)
 	default:
+	}
+}
+
+// A MAIL the upstream refuses comes back with the first RCPT it was
+// pipelined with; the metrics still count it as the MAIL's failure, which
+// is what an operator reading pixelrelay_upstream_errors_total looks for.
+func TestPipelinedMailRefusalCountedAsMail(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarnessDeps(t, nil, func(d *Deps) { d.Registry = reg })
+	h.up.Inject(relaytest.Fault{Phase: "mail", Err: smtpErr(553, "5.7.1 Sender address rejected")})
+	c := openTx(t, h.addr, "news@acme.example")
+	c.expect("RCPT TO:<alice@example.fr>", "553 5.7.1")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "pixelrelay_upstream_errors_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "phase" {
+					counts[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if counts["mail"] != 1 || counts["rcpt"] != 0 {
+		t.Fatalf("upstream errors by phase %v, want one mail and no rcpt", counts)
 	}
 }
