@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -45,5 +46,37 @@ func TestPipelinedRepliesShareAWrite(t *testing.T) {
 	}
 	if r := c.cmd("QUIT"); !strings.HasPrefix(r, "221") {
 		t.Fatalf("QUIT: %q, want 221 before the close", r)
+	}
+}
+
+// recordingConn counts what reaches the socket.
+type recordingConn struct {
+	net.Conn
+	writes int
+	bytes  int
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.writes++
+	c.bytes += len(p)
+	return len(p), nil
+}
+
+// A client that pipelines commands without ever stopping to read does not
+// make the wrapper hold its replies without bound: past maxHeld they are
+// written.
+func TestHeldRepliesAreBounded(t *testing.T) {
+	rc := &recordingConn{}
+	c := &trackedConn{Conn: rc}
+	c.plain.Store(true)
+	reply := []byte("250 2.0.0 I have successfully done nothing\r\n")
+	for written := 0; written < 2*maxHeld; written += len(reply) {
+		c.Write(reply)
+	}
+	if rc.writes == 0 || len(c.held) > maxHeld {
+		t.Fatalf("%d bytes of replies: %d writes to the socket, %d bytes still held (max %d)", 2*maxHeld, rc.writes, len(c.held), maxHeld)
+	}
+	if err := c.flushHeld(); err != nil || rc.bytes < 2*maxHeld {
+		t.Fatalf("after the flush the socket got %d bytes, want all %d (%v)", rc.bytes, 2*maxHeld, err)
 	}
 }
