@@ -277,9 +277,35 @@ func mayFetch(b []byte) bool {
 	if bytes.IndexByte(b, '=') < 0 && !containsFold(b, "<style") {
 		return false
 	}
-	for _, k := range [...]string{"src", "url", "background", "<style", "<link", "data", "poster"} {
-		if containsFold(b, k) {
-			return true
+	// One pass for all the words: Outlook's button comments are long and
+	// full of "s", and a search per word went over each several times.
+	for i := 0; i < len(b); i++ {
+		rest := b[i+1:]
+		switch b[i] {
+		case 's', 'S':
+			if hasPrefixFoldBytes(rest, "rc") {
+				return true
+			}
+		case 'u', 'U':
+			if hasPrefixFoldBytes(rest, "rl") {
+				return true
+			}
+		case 'b', 'B':
+			if hasPrefixFoldBytes(rest, "ackground") {
+				return true
+			}
+		case 'd', 'D':
+			if hasPrefixFoldBytes(rest, "ata") {
+				return true
+			}
+		case 'p', 'P':
+			if hasPrefixFoldBytes(rest, "oster") {
+				return true
+			}
+		case '<':
+			if hasPrefixFoldBytes(rest, "style") || hasPrefixFoldBytes(rest, "link") {
+				return true
+			}
 		}
 	}
 	return false

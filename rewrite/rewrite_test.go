@@ -445,6 +445,36 @@ func TestContainsFold(t *testing.T) {
 	}
 }
 
+// TestMayFetch: the one-pass pre-filter for conditional comments finds
+// exactly the words the word-by-word search found; a miss would leave a
+// tracker inside an Outlook-only block.
+func TestMayFetch(t *testing.T) {
+	words := []string{"src", "url", "background", "<style", "<link", "data", "poster"}
+	slow := func(b []byte) bool {
+		if !bytes.Contains(b, []byte("=")) && !containsFold(b, "<style") {
+			return false
+		}
+		for _, w := range words {
+			if bytes.Contains(bytes.ToLower(b), []byte(w)) {
+				return true
+			}
+		}
+		return false
+	}
+	cases := []string{
+		"", "=", "<td>", "</td></tr></table>", `<v:rect fillcolor="#fff">`, `<v:fill src=x>`, `<v:fill SRC=x>`,
+		`<v:fill type="tile" Src="x">`, `<td style="x:URL(y)">`, `<td BACKGROUND=x>`, `<td backgroun=x>`,
+		"<STYLE>a{}</style>", "<style", "<styl", "<Link rel=x>", "<object DATA=x>", "<video Poster=x>", "<video poste=x>",
+		"a=sr", "a=sR", "a=srC", "a=ur", "a=uRl", "a=dat", "a=dAtA", "a=<lin", "a=<liNk", "<x =s", "<x =s\x00rc",
+		`<v:roundrect xmlns:v="urn:schemas-microsoft-com:vml" href="https://e.example/a" style="height:40px" arcsize="10%" stroke="f">`,
+	}
+	for _, c := range cases {
+		if got, want := mayFetch([]byte(c)), slow([]byte(c)); got != want {
+			t.Errorf("mayFetch(%q) = %v, want %v", c, got, want)
+		}
+	}
+}
+
 // TestURLFormsBrowsersFetch: the WHATWG URL parser repairs many malformed
 // http(s) URLs, and so fetches them; each must be judged as the URL that
 // is fetched, and non-remote ones not at all.

@@ -272,37 +272,45 @@ func scanTag(b []byte, i int) (nameEnd, te int, lastUnquotedAtGT bool) {
 
 // commentEnd returns the offset just after the comment whose text starts at
 // i (after "<!--"), as x/net/html's readComment ends it, or -1 when the
-// input ends first.
+// input ends first. readComment counts dashes byte by byte; what that
+// state machine decides at a ">" depends only on the bytes just before it,
+// so this jumps from one ">" to the next: Outlook's conditional comments
+// are long, and a byte loop over them was a tenth of a rewrite.
 func commentEnd(b []byte, i int) int {
-	dashes, beginning := 0, true
-	for ; i < len(b); i++ {
-		switch b[i] {
-		case '-':
-			dashes++
-			continue
-		case '>':
-			if dashes >= 2 || beginning {
-				return i + 1
-			}
-		case '!':
-			if dashes >= 2 {
-				i++
-				if i >= len(b) {
-					return -1
-				}
-				switch b[i] {
-				case '>':
-					return i + 1
-				case '-':
-					dashes, beginning = 1, false
-					continue
-				}
-				// Any other byte is consumed with the "!".
-			}
+	from := i
+	for {
+		k := bytes.IndexByte(b[i:], '>')
+		if k < 0 {
+			return -1
 		}
-		dashes, beginning = 0, false
+		j := i + k
+		if commentEndsAt(b[from:j]) {
+			return j + 1
+		}
+		i = j + 1
 	}
-	return -1
+}
+
+// commentEndsAt reports whether a ">" after text (the comment so far) ends
+// the comment: right after "--" (any longer run of dashes ends in one),
+// after "--!", or when the text is nothing but dashes ("<!-->", "<!--->").
+// A "!" after "--" swallows the byte after it, but the only bytes that
+// could change the verdict there are ">" (the "--!>" case) and "-", which
+// readComment counts as a fresh dash, as here.
+func commentEndsAt(text []byte) bool {
+	n := len(text)
+	switch {
+	case n >= 2 && text[n-1] == '-' && text[n-2] == '-':
+		return true
+	case n >= 3 && text[n-1] == '!' && text[n-2] == '-' && text[n-3] == '-':
+		return true
+	}
+	for _, c := range text {
+		if c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // rawTextEnd returns where the raw text from p, inside the element tag,

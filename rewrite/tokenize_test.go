@@ -44,7 +44,11 @@ func checkSameTokens(t *testing.T, b []byte) {
 var tokenizerCases = []string{
 	"", "a", "<", "<<", "a<", "a<b", "<a", "<a>", "<a >", "<a/>", "<a/", "</", "</>", "</a", "</a>", "</ a>", "</1>", "</a b='>'>",
 	"<!", "<!-", "<!--", "<!-->", "<!--->", "<!---->", "<!-- x -->", "<!-- x --!>", "<!-- x --!-->", "<!-- x --!x>", "<!-- x -- >-->",
-	"<!--x--", "<!--x--!", "<!--x-", "<!doctype html>", "<!DOCTYPE", "<!DOCTYP", "<!DOCTYPE html", "<!doctypehtml>", "<!x>", "<!x", "<?xml?>", "<?",
+	"<!--x--", "<!--x--!", "<!--x-",
+	// Comment ends that hang on "--!" swallowing the next byte, and on
+	// runs of dashes at the start (commentEnd jumps from ">" to ">").
+	"<!--!-->", "<!--!->x-->", "<!----!>", "<!--a--!->b-->", "<!--a--!--!>c", "<!--a--!!>b-->", "<!--a---!>b", "<!--a-!>b-->",
+	"<!--a--!-!>b-->", "<!---!-->", "<!---a>b-->", "<!-- a > b -- > c --->", "<!--a--!", "<!--a--!-", "<!-->>", "<!doctype html>", "<!DOCTYPE", "<!DOCTYP", "<!DOCTYPE html", "<!doctypehtml>", "<!x>", "<!x", "<?xml?>", "<?",
 	"<p a=/>", "<p a = / >", "<p a=/ a=/>", "<p a=x a=/>", "<p A=x a=/>", "<p a='/'/>", "<p a/>", "<p a=>", "<p a= >", "<p =a>", "<p ==a>",
 	"<p a=\"x>y\">z", "<p a='x>y'>z", "<p a=x\"y>z", "<p a\"b>z", "<p\ta\n=\fb\r>", "<p a=\"x", "<p a='", "<p a=x", "<p a=", "<p a", "<p ",
 	"<style>a</style>", "<style>a</STYLE >b", "<style>a</stylex></style>", "<style></style>", "<style/>x</style>", "<style>a</sty", "<style>a</",
