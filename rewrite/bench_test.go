@@ -51,6 +51,22 @@ func BenchmarkRewrite(b *testing.B) {
 	}
 }
 
+// BenchmarkRewriteInMemory is BenchmarkRewrite as the relay runs it: the
+// message is held in memory and read in place (InMemory).
+func BenchmarkRewriteInMemory(b *testing.B) {
+	msg, _ := benchInput(b)
+	e := newEngine(b, Options{})
+	d := Decision{Action: Strip, Recipients: []string{"reader@example.fr"}}
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := e.Rewrite(io.Discard, NewInMemory(msg), d); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkTokenize is the baseline: x/net/html's tokenizer alone over the
 // same message's decoded HTML, touching Raw() as an identity pass would.
 func BenchmarkTokenize(b *testing.B) {

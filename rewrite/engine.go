@@ -233,6 +233,40 @@ type msgState struct {
 	groupHits                                   []int
 }
 
+// InMemory is an io.Reader over a message held in memory. Given to
+// Engine.Rewrite as its source, the message is read in place: its lines
+// and HTML parts are slices of it rather than copies through a read
+// buffer, and a part's content is scanned for the next boundary in one
+// search. The output is the same as from any other reader of the same
+// bytes. Rewrite reads it to the end; it must not change while Rewrite
+// runs.
+type InMemory struct {
+	b   []byte
+	off int
+}
+
+// NewInMemory returns an InMemory reading b.
+func NewInMemory(b []byte) *InMemory { return &InMemory{b: b} }
+
+func (r *InMemory) Read(p []byte) (int, error) {
+	if r.off >= len(r.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b[r.off:])
+	r.off += n
+	return n, nil
+}
+
+// WriteTo lets io.Copy write the rest in one call.
+func (r *InMemory) WriteTo(w io.Writer) (int64, error) {
+	if r.off >= len(r.b) {
+		return 0, nil
+	}
+	n, err := w.Write(r.b[r.off:])
+	r.off += n
+	return int64(n), err
+}
+
 // errReader remembers the first read error that is not EOF, so that a
 // truncated input is reported although the walker treats it as the end.
 type errReader struct {
@@ -260,10 +294,15 @@ func newMsgState(e *Engine) *msgState {
 
 func (m *msgState) begin(dst io.Writer, src io.Reader, d Decision) {
 	m.d = d
-	m.src = errReader{r: src}
-	m.br.Reset(&m.src)
 	m.out.Reset(dst)
 	m.w.reset()
+	if im, ok := src.(*InMemory); ok {
+		m.w.lr.inPlace, m.w.lr.src = true, im.b[im.off:]
+		im.off = len(im.b)
+	} else {
+		m.src = errReader{r: src}
+		m.br.Reset(&m.src)
+	}
 	m.report = Report{Trackers: []Finding{}}
 	m.changed = false
 	m.beacon = false

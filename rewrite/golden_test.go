@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -50,12 +51,28 @@ func formatReport(r Report) string {
 	return b.String()
 }
 
+// rewriteBytes rewrites in twice, streamed and in place (InMemory), and
+// fails unless both give the same bytes and the same report.
 func rewriteBytes(t testing.TB, e *Engine, in []byte, d Decision) ([]byte, Report) {
 	t.Helper()
-	var out bytes.Buffer
+	var out, out2 bytes.Buffer
 	rep, err := e.Rewrite(&out, bytes.NewReader(in), d)
 	if err != nil {
 		t.Fatalf("Rewrite: %v", err)
+	}
+	src := NewInMemory(in)
+	rep2, err := e.Rewrite(&out2, src, d)
+	if err != nil {
+		t.Fatalf("Rewrite in place: %v", err)
+	}
+	if !bytes.Equal(out.Bytes(), out2.Bytes()) {
+		t.Fatalf("in place, the output differs from the streamed one:\n%s", firstDiff(out.Bytes(), out2.Bytes()))
+	}
+	if !reflect.DeepEqual(rep, rep2) {
+		t.Fatalf("in place, the report differs from the streamed one:\n%s\nwant\n%s", formatReport(rep2), formatReport(rep))
+	}
+	if n, _ := src.Read(make([]byte, 1)); n != 0 {
+		t.Fatal("Rewrite left part of an InMemory source unread")
 	}
 	return out.Bytes(), rep
 }

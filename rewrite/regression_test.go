@@ -59,3 +59,49 @@ func TestCSSEscapedNamesAndImageSetAreJudged(t *testing.T) {
 		}
 	}
 }
+
+// TestInPlaceCutsLongLinesAsStreaming: an InMemory message is cut into the
+// same pieces as bufio's 64 KiB buffer cuts a streamed one, so a line
+// longer than that is judged the same way in both modes (rewriteBytes
+// compares them): only a piece that starts a line can be a boundary, and
+// a delimiter followed by 64 KiB of white space still is one.
+func TestInPlaceCutsLongLinesAsStreaming(t *testing.T) {
+	const pixel = `<img src="https://ea.pstmrk.it/open?m=1" width="1" height="1">`
+	long := strings.Repeat("x", readBuffer)
+	html := func(body string) string {
+		return "--b\r\nContent-Type: text/html\r\n\r\n" + body + "\r\n"
+	}
+	head := "From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+	cases := map[string]string{
+		"boundary glued after a long line":     head + html(long+"--b\r\n"+pixel) + "--b--\r\n",
+		"line of exactly the buffer":           head + html(long[:readBuffer-1]+"\n"+pixel) + "--b--\r\n",
+		"line one byte over the buffer":        head + html(long+"\n"+pixel) + "--b--\r\n",
+		"delimiter padded past the buffer":     head + "--b" + strings.Repeat(" ", readBuffer+10) + "\r\nContent-Type: text/html\r\n\r\n" + pixel + "\r\n--b--\r\n",
+		"delimiter, then text past the buffer": head + "--b" + strings.Repeat(" ", readBuffer) + "x\r\nContent-Type: text/html\r\n\r\n" + pixel + "\r\n--b--\r\n",
+		"long last line without an end":        head + html(pixel) + "--b--\r\n" + long + long,
+		"header over 1 MiB":                    "X-Big: " + strings.Repeat(long+"\r\n ", 17) + "\r\nContent-Type: text/html\r\n\r\n" + pixel,
+		"part copied past a long header":       head + "--b\r\nX-Big: " + strings.Repeat(long+"\r\n ", 17) + "\r\n\r\n" + html(pixel) + "--b--\r\n",
+	}
+	d := Decision{Action: Strip, Recipients: []string{goldenRecipient}}
+	for name, in := range cases {
+		// The pixel is found and removed, except where the header is too
+		// large to parse: that message is copied as it is.
+		want := 1
+		if name == "header over 1 MiB" {
+			want = 0
+		}
+		out, rep := rewriteBytes(t, fuzzEngine, []byte(in), d)
+		if len(rep.Trackers) != want || bytes.Contains(out, []byte(pixel)) != (want == 0) {
+			t.Errorf("%s: %d trackers (want %d), pixel left %v", name, len(rep.Trackers), want, bytes.Contains(out, []byte(pixel)))
+		}
+	}
+	// A part over the HTML limit is copied whole in both modes.
+	small, err := New(Options{MaxHTMLBytes: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := head + html(pixel+strings.Repeat("<p>filler</p>\r\n", 20)) + "--b--\r\n"
+	if out, rep := rewriteBytes(t, small, []byte(in), d); string(out) != in || len(rep.Problems) != 1 {
+		t.Errorf("over the limit: changed %v, problems %q", string(out) != in, rep.Problems)
+	}
+}

@@ -18,6 +18,11 @@ const (
 // lineReader yields the input line by line, terminators included. A line
 // longer than the read buffer comes in pieces; only a piece that starts a
 // line can be a boundary. Slices are valid until the next call.
+//
+// A message held in memory (InMemory) is read in place: src is the whole
+// input, pos the read offset, and lines are slices of src, cut into the
+// same pieces as bufio's 64 KiB buffer cuts them, so that both modes make
+// the same decisions on the same bytes.
 type lineReader struct {
 	br        *bufio.Reader
 	held      []byte
@@ -25,14 +30,32 @@ type lineReader struct {
 	heldStart bool
 	midLine   bool
 	eof       bool
+
+	inPlace bool
+	src     []byte
+	pos     int
 }
+
+// readBuffer is the size of the streaming mode's bufio.Reader, and so of
+// a piece of a long line in either mode.
+const readBuffer = 64 << 10
 
 func (l *lineReader) reset() {
 	l.hasHeld, l.heldStart, l.midLine, l.eof = false, false, false, false
 	l.held = l.held[:0]
+	l.inPlace, l.src, l.pos = false, nil, 0
 }
 
 func (l *lineReader) next() (line []byte, start, ok bool) {
+	if l.inPlace {
+		if l.pos >= len(l.src) {
+			return nil, false, false
+		}
+		start = !l.midLine
+		line = l.pieceAt(l.pos)
+		l.advance(line)
+		return line, start, true
+	}
 	if l.hasHeld {
 		l.hasHeld = false
 		return l.held, l.heldStart, true
@@ -57,8 +80,32 @@ func (l *lineReader) next() (line []byte, start, ok bool) {
 	return b, start, true
 }
 
+// pieceAt is the piece of src that bufio.Reader.ReadSlice would return at
+// p: up to and including the next LF, at most readBuffer bytes.
+func (l *lineReader) pieceAt(p int) []byte {
+	rest := l.src[p:]
+	if len(rest) > readBuffer {
+		rest = rest[:readBuffer]
+	}
+	if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+		return rest[:i+1]
+	}
+	return rest
+}
+
+// advance moves past piece, which starts at pos.
+func (l *lineReader) advance(piece []byte) {
+	l.pos += len(piece)
+	l.midLine = piece[len(piece)-1] != '\n' && l.pos < len(l.src)
+}
+
 // unread pushes one line back; the next call to next returns it.
 func (l *lineReader) unread(line []byte, start bool) {
+	if l.inPlace {
+		l.pos -= len(line)
+		l.midLine = !start
+		return
+	}
 	l.held = append(l.held[:0], line...)
 	l.hasHeld, l.heldStart = true, start
 }
@@ -248,8 +295,48 @@ func (w *walker) bodyLine() (line []byte, mm match, ok bool) {
 	return line, w.match(line), true
 }
 
+// bodyInPlace, for input read in place, moves past the content up to the
+// next boundary line of an open multipart and returns it as one slice of
+// the input, with the match that ended it (the line is in w.term), or
+// noMatch at EOF. Only a line that starts with "--" can be a boundary, so
+// it jumps from one such line to the next instead of going line by line.
+func (w *walker) bodyInPlace() ([]byte, match) {
+	l := &w.lr
+	from, p := l.pos, l.pos
+	if l.midLine { // inside a long line: its next piece is no boundary
+		if i := bytes.IndexByte(l.src[p:], '\n'); i >= 0 {
+			p += i + 1
+		} else {
+			p = len(l.src)
+		}
+	}
+	for len(w.bounds) > 0 && p < len(l.src) {
+		if l.src[p] == '-' && p+1 < len(l.src) && l.src[p+1] == '-' {
+			line := l.pieceAt(p)
+			if mm := w.match(line); mm.depth >= 0 {
+				l.pos = p
+				l.advance(line)
+				w.saveTerm(line)
+				return l.src[from:p], mm
+			}
+		}
+		i := bytes.Index(l.src[p:], []byte("\n--"))
+		if i < 0 {
+			break
+		}
+		p += i + 1
+	}
+	l.pos, l.midLine = len(l.src), false
+	return l.src[from:], noMatch
+}
+
 // copyBody copies lines up to the next boundary of an open multipart.
 func (w *walker) copyBody() match {
+	if w.lr.inPlace {
+		body, mm := w.bodyInPlace()
+		w.write(body)
+		return mm
+	}
 	for {
 		line, mm, ok := w.bodyLine()
 		if !ok {
@@ -326,6 +413,18 @@ func (w *walker) epilogue(my int) match {
 // recipient).
 func (w *walker) htmlLeaf(path string, enc cte, charset string, amp bool, ctx partCtx) match {
 	m := w.m
+	if w.lr.inPlace {
+		// The part is a slice of the input: no copy to scan it.
+		body, end := w.bodyInPlace()
+		if int64(len(body)) > m.e.maxHTML {
+			m.problem(path, fmt.Sprintf("HTML part larger than %d bytes copied without inspection; trackers in it were not removed", m.e.maxHTML))
+			w.write(m.pend)
+			w.write(m.hdr)
+			w.write(body)
+			return end
+		}
+		return w.emitHTML(path, enc, charset, amp, ctx, body, end)
+	}
 	body := m.body[:0]
 	end := noMatch
 	for {
@@ -349,6 +448,13 @@ func (w *walker) htmlLeaf(path string, enc cte, charset string, amp bool, ctx pa
 		}
 	}
 	m.body = body
+	return w.emitHTML(path, enc, charset, amp, ctx, body, end)
+}
+
+// emitHTML rewrites a buffered HTML part and writes it, with the part's
+// delimiter line and header, or drops it.
+func (w *walker) emitHTML(path string, enc cte, charset string, amp bool, ctx partCtx, body []byte, end match) match {
+	m := w.m
 	out, drop := m.processHTML(path, enc, charset, amp, ctx, body)
 	if drop {
 		m.changed = true
