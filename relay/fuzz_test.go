@@ -26,25 +26,56 @@ func strictCRLF(b []byte) bool {
 	return true
 }
 
-// FuzzSpoolLineEndings holds the fast, chunked check to the naive model,
-// whatever the chunking: this is the SMTP-smuggling guard.
-func FuzzSpoolLineEndings(f *testing.F) {
-	for _, s := range []string{"a\r\n", "a\n.\r\n", "a\r.\r\n", "\r\r\n", "x\r", "\r\n\r\n", ".\r\n"} {
-		f.Add([]byte(s), uint8(1))
+// longLine is the naive model of the line-length limit: some line,
+// without its CRLF, is longer than max.
+func longLine(b []byte, max int) bool {
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if len(bytes.TrimSuffix(line, []byte("\r"))) > max {
+			return true
+		}
 	}
-	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
+	return false
+}
+
+// FuzzSpoolLineEndings holds the fast, chunked checks to the naive models,
+// whatever the chunking: strict CRLF is the SMTP-smuggling guard, and the
+// line limit guards BDAT, which go-smtp does not check. What is accepted
+// is exactly what was sent, in memory or spilled to a file.
+func FuzzSpoolLineEndings(f *testing.F) {
+	for _, s := range []string{"a\r\n", "a\n.\r\n", "a\r.\r\n", "\r\r\n", "x\r", "\r\n\r\n", ".\r\n", "abcdefgh\r\nabc\r\n"} {
+		f.Add([]byte(s), uint8(1), uint8(0), false)
+		f.Add([]byte(s), uint8(3), uint8(5), true)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, step, maxLine uint8, spill bool) {
 		n := int(step%16) + 1
 		var chunks []string
 		for i := 0; i < len(data); i += n {
 			chunks = append(chunks, string(data[i:min(i+n, len(data))]))
 		}
-		m, err := (&spooler{memLimit: 1 << 20}).receive(&chunkReader{chunks: chunks})
+		sp := &spooler{memLimit: 1 << 20, maxLine: int(maxLine % 32)}
+		if spill {
+			sp.memLimit, sp.dir = 16, t.TempDir()
+		}
+		m, err := sp.receive(&chunkReader{chunks: chunks})
 		if m != nil {
 			defer m.Close()
 		}
-		got := !errors.Is(err, errBareLineEnding)
-		if got != strictCRLF(data) {
-			t.Fatalf("%q in chunks of %d: accepted=%v, model says %v", data, n, got, strictCRLF(data))
+		crlf := strictCRLF(data)
+		long := sp.maxLine > 0 && longLine(data, sp.maxLine)
+		switch {
+		case !crlf || long:
+			// A message with both faults may be refused for either.
+			if !(!crlf && errors.Is(err, errBareLineEnding) || long && errors.Is(err, errLineLength)) {
+				t.Fatalf("%q in chunks of %d, max line %d: err %v; bare line ending %v, long line %v",
+					data, n, sp.maxLine, err, !crlf, long)
+			}
+		case err != nil:
+			t.Fatalf("%q in chunks of %d, max line %d: refused: %v", data, n, sp.maxLine, err)
+		default:
+			got, _ := io.ReadAll(m.Reader())
+			if !bytes.Equal(got, data) {
+				t.Fatalf("%q in chunks of %d: received %q", data, n, got)
+			}
 		}
 	})
 }

@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"slices"
 	"sync"
+
+	"github.com/pixelrelay/pixelrelay/rewrite"
 )
 
 // message is one received message body, held in memory up to a threshold
@@ -43,7 +46,9 @@ func (m *message) Reader() io.Reader {
 	if m.file != nil {
 		return io.NewSectionReader(m.file, 0, m.size)
 	}
-	return bytes.NewReader(m.mem)
+	// The rewriter reads an InMemory message in place, without copying
+	// it through a read buffer.
+	return rewrite.NewInMemory(m.mem)
 }
 
 // Close releases the memory buffer or the temporary file.
@@ -84,28 +89,41 @@ func (sp *spooler) receive(r io.Reader) (*message, error) {
 	m := &message{buf: spoolBuffers.Get().(*[]byte)}
 	m.mem = (*m.buf)[:0]
 	var (
-		chunk      [32 << 10]byte
+		scratch    []byte // the read buffer once the message is in a file
 		lastCR     bool
 		lineLen    int
 		headerDone bool
 		headerEnd  = -1
 	)
 	for {
-		n, err := r.Read(chunk[:])
+		// In memory, the client's bytes are read straight into the spare
+		// capacity of the message buffer, and checked there: no copy,
+		// and no read buffer to allocate for each message.
+		var b []byte
+		if m.file == nil {
+			if cap(m.mem)-len(m.mem) < minRead {
+				m.mem = slices.Grow(m.mem, readChunk)
+			}
+			b = m.mem[len(m.mem):cap(m.mem)]
+		} else {
+			if scratch == nil {
+				scratch = make([]byte, readChunk)
+			}
+			b = scratch
+		}
+		n, err := r.Read(b)
 		if n > 0 {
-			b := chunk[:n]
-			if !checkLineEndings(b, lastCR) {
+			b = b[:n]
+			var ok bool
+			if lineLen, ok = checkLines(b, lastCR, lineLen, sp.maxLine); !ok {
 				m.Close()
+				if lineLen < 0 {
+					return nil, errLineLength
+				}
 				return nil, errBareLineEnding
 			}
 			lastCR = b[n-1] == '\r'
-			if sp.maxLine > 0 {
-				if lineLen = longestLine(b, lineLen, sp.maxLine); lineLen < 0 {
-					m.Close()
-					return nil, errLineLength
-				}
-			}
-			if err := m.write(sp, b); err != nil {
+			if err := m.add(sp, b); err != nil {
 				m.Close()
 				return nil, err
 			}
@@ -130,6 +148,12 @@ func (sp *spooler) receive(r io.Reader) (*message, error) {
 		m.Close()
 		return nil, errBareLineEnding
 	}
+	if sp.maxLine > 0 && lineLen > sp.maxLine {
+		// The last line, without a CRLF (BDAT allows that): the room left
+		// for a CR whose LF would come next is not needed.
+		m.Close()
+		return nil, errLineLength
+	}
 	if sp.maxHeader > 0 && headerEnd > sp.maxHeader {
 		m.Close()
 		return nil, errHeaderSize
@@ -138,27 +162,43 @@ func (sp *spooler) receive(r io.Reader) (*message, error) {
 	return m, nil
 }
 
-// checkLineEndings reports whether every LF in b is preceded by CR and
-// every CR followed by LF, given whether the previous chunk ended in CR.
-// Counting is SIMD-fast; this runs over every byte of every message.
-func checkLineEndings(b []byte, prevCR bool) bool {
+const (
+	readChunk = 32 << 10 // what the buffer grows by when it runs short
+	minRead   = 4 << 10  // the least spare capacity a read is given
+)
+
+// checkLines checks the next chunk of a message in one pass over its
+// LFs: every LF is preceded by CR and every CR followed by LF (prevCR: the
+// previous chunk ended in CR), and, when max > 0, no line is longer than
+// max bytes without its CRLF. cur is the length so far of the line the
+// previous chunk ended in; checkLines returns the new one. On a failure
+// ok is false, and the length is -1 when the failure is a long line.
+func checkLines(b []byte, prevCR bool, cur, max int) (int, bool) {
 	if prevCR && (len(b) == 0 || b[0] != '\n') {
-		return false // the previous chunk's trailing CR was bare
+		return 0, false // the previous chunk's trailing CR was bare
 	}
 	lf := 0
 	for i := 0; ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
+			cur += len(b) - i
+			if max > 0 && cur > max+1 { // +1 leaves room for a CR whose LF is next
+				return -1, false
+			}
 			break
 		}
 		p := i + j
 		if p == 0 {
 			if !prevCR {
-				return false
+				return 0, false
 			}
 		} else if b[p-1] != '\r' {
-			return false
+			return 0, false
 		}
+		if max > 0 && cur+j-1 > max { // j-1: the CR before the LF is not content
+			return -1, false
+		}
+		cur = 0
 		lf++
 		i = p + 1
 	}
@@ -172,35 +212,17 @@ func checkLineEndings(b []byte, prevCR bool) bool {
 	if len(b) > 0 && b[len(b)-1] == '\r' {
 		unmatched--
 	}
-	return unmatched == 0
-}
-
-// longestLine continues a running line length over b and returns the
-// length of the last unfinished line, or -1 when a line exceeds max.
-func longestLine(b []byte, cur, max int) int {
-	for len(b) > 0 {
-		j := bytes.IndexByte(b, '\n')
-		if j < 0 {
-			cur += len(b)
-			if cur > max+1 { // +1 leaves room for a CR whose LF is next
-				return -1
-			}
-			return cur
-		}
-		if cur+j-1 > max { // j-1: the CR before the LF is not content
-			return -1
-		}
-		cur = 0
-		b = b[j+1:]
-	}
-	return cur
+	return cur, unmatched == 0
 }
 
 // headKeep is how much of a spilled message stays in memory: enough for
 // the header, which the relay parses, and which a DSN quotes.
 const headKeep = 64 << 10
 
-func (m *message) write(sp *spooler, b []byte) error {
+// add appends b, just read, to the message. While the message is in
+// memory, b is the spare capacity of mem that receive read into, so adding
+// it moves nothing; past the memory limit, everything goes to a file.
+func (m *message) add(sp *spooler, b []byte) error {
 	m.size += int64(len(b))
 	if m.file != nil {
 		if n := headKeep - len(m.mem); n > 0 {
@@ -210,7 +232,7 @@ func (m *message) write(sp *spooler, b []byte) error {
 		return err
 	}
 	if int64(len(m.mem)+len(b)) <= sp.memLimit {
-		m.mem = append(m.mem, b...)
+		m.mem = m.mem[:len(m.mem)+len(b)]
 		return nil
 	}
 	f, err := os.CreateTemp(sp.dir, "pixelrelay-spool-*")
@@ -229,10 +251,8 @@ func (m *message) write(sp *spooler, b []byte) error {
 		return err
 	}
 	m.file = f
-	if n := headKeep - len(m.mem); n > 0 {
-		m.mem = append(m.mem, b[:min(n, len(b))]...)
-	}
-	m.mem = m.mem[:min(len(m.mem), headKeep)]
+	// Keep the head in memory: b already follows mem in its buffer.
+	m.mem = m.mem[:min(len(m.mem)+len(b), headKeep)]
 	return nil
 }
 
