@@ -138,12 +138,13 @@ func qpLineOf(lines []qpLine, x int) int {
 	return i - 1
 }
 
-// qpApply writes enc with edits (in decoded offsets) applied. Only the
-// encoded lines that contain an edit are re-encoded; every other line is
-// copied byte for byte.
-func qpApply(dst, enc, dec []byte, lines []qpLine, edits []edit, eol string, scratch []byte) []byte {
+// qpApply splices enc with edits (in decoded offsets) applied into sp.
+// Only the encoded lines that contain an edit are re-encoded; every other
+// line stays a run of enc. It returns scratch, for reuse.
+func qpApply(sp *splice, enc, dec []byte, lines []qpLine, edits []edit, eol string, scratch []byte) []byte {
 	if len(lines) == 0 {
-		return append(dst, enc...)
+		sp.keep(0, len(enc))
+		return scratch
 	}
 	pos := 0 // next encoded byte to copy
 	for k := 0; k < len(edits); {
@@ -178,12 +179,93 @@ func qpApply(dst, enc, dec []byte, lines []qpLine, edits []edit, eol string, scr
 			p = e.end
 		}
 		scratch = append(scratch, dec[p:de]...)
-		dst = append(dst, enc[pos:lines[first].encStart]...)
-		dst = qpEncode(dst, scratch, eol, lines[last].soft)
+		sp.keep(pos, lines[first].encStart)
+		s := len(sp.side)
+		sp.side = qpEncode(sp.side, scratch, eol, lines[last].soft)
+		sp.replace(s, lines[first].encStart, lines[last].encEnd)
 		pos = lines[last].encEnd
 		k = j
 	}
-	return append(dst, enc[pos:]...)
+	sp.keep(pos, len(enc))
+	return scratch
+}
+
+// splice is a rewritten part: runs of the original bytes and of new ones,
+// in order. The untouched lines of a part, nearly all of it, are written
+// from the input as they are instead of being copied into a second buffer
+// first and compared with the input after.
+type splice struct {
+	runs []spliceRun
+	side []byte // the new bytes; side runs refer to them by offset
+}
+
+type spliceRun struct {
+	side       bool
+	start, end int // in the input, or in side
+	os, oe     int // a side run: the input bytes it replaces
+}
+
+func (sp *splice) reset() {
+	sp.runs = sp.runs[:0]
+	sp.side = sp.side[:0]
+}
+
+// keep adds the input's bytes [start, end).
+func (sp *splice) keep(start, end int) {
+	if end > start {
+		sp.runs = append(sp.runs, spliceRun{start: start, end: end})
+	}
+}
+
+// replace adds side[from:] in place of the input's bytes [os, oe).
+func (sp *splice) replace(from, os, oe int) {
+	sp.runs = append(sp.runs, spliceRun{side: true, start: from, end: len(sp.side), os: os, oe: oe})
+}
+
+// same reports whether the splice spells in itself: every new run equals
+// what it replaces.
+func (sp *splice) same(in []byte) bool {
+	for _, r := range sp.runs {
+		if r.side && !bytes.Equal(sp.side[r.start:r.end], in[r.os:r.oe]) {
+			return false
+		}
+	}
+	return true
+}
+
+// bytes returns run r's bytes.
+func (sp *splice) bytes(in []byte, r spliceRun) []byte {
+	if r.side {
+		return sp.side[r.start:r.end]
+	}
+	return in[r.start:r.end]
+}
+
+// firstLine returns the spliced content's first line, terminator
+// included, in a new slice.
+func (sp *splice) firstLine(in []byte) []byte {
+	var line []byte
+	for _, r := range sp.runs {
+		b := sp.bytes(in, r)
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			return append(line, b[:i+1]...)
+		}
+		line = append(line, b...)
+	}
+	return line
+}
+
+// spliceEdits splices src with edits applied into sp.
+func spliceEdits(sp *splice, src []byte, edits []edit) {
+	pos := 0
+	for _, e := range edits {
+		sp.keep(pos, e.start)
+		s := len(sp.side)
+		sp.side = append(sp.side, e.repl...)
+		sp.replace(s, e.start, e.end)
+		pos = e.end
+	}
+	sp.keep(pos, len(src))
 }
 
 const hexUpper = "0123456789ABCDEF"

@@ -223,14 +223,15 @@ type msgState struct {
 	src errReader
 	w   walker
 
-	hdr, pend, body, dec, view, outBuf, scratch []byte
-	qpLines                                     []qpLine
-	scan                                        htmlScan
-	aggIdx                                      map[string]int
-	aggs                                        []urlAgg
-	edits                                       []edit
-	removed                                     []bool
-	groupHits                                   []int
+	hdr, pend, body, dec, view, scratch []byte
+	edited                              splice
+	qpLines                             []qpLine
+	scan                                htmlScan
+	aggIdx                              map[string]int
+	aggs                                []urlAgg
+	edits                               []edit
+	removed                             []bool
+	groupHits                           []int
 }
 
 // InMemory is an io.Reader over a message held in memory. Given to
@@ -320,7 +321,7 @@ func (m *msgState) end() {
 	clear(m.probs)
 	m.report = Report{}
 	const keep = 1 << 20
-	for _, b := range []*[]byte{&m.hdr, &m.pend, &m.body, &m.dec, &m.view, &m.outBuf, &m.scratch} {
+	for _, b := range []*[]byte{&m.hdr, &m.pend, &m.body, &m.dec, &m.view, &m.edited.side, &m.scratch} {
 		if cap(*b) > keep {
 			*b = nil
 		}

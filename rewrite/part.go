@@ -9,9 +9,10 @@ import (
 // processHTML rewrites one buffered HTML part: transfer-decode, build the
 // tokenizer's view of the charset, scan, decide per URL, compute edits,
 // and splice them back through the charset and transfer encoding. It
-// returns the bytes to write (body itself when nothing changes) or drop
-// for an AMP alternative that goes away.
-func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, ctx partCtx, body []byte) (out []byte, drop bool) {
+// returns the new content as a splice of body's untouched runs and new
+// bytes (nil when nothing changes), or drop for an AMP alternative that
+// goes away.
+func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, ctx partCtx, body []byte) (out *splice, drop bool) {
 	act := normalizeAction(m.d.Action)
 	var dec []byte
 	var lay b64Layout
@@ -26,19 +27,19 @@ func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, c
 		m.dec = d
 		if !ok {
 			m.problem(path, "broken base64; HTML part copied without inspection")
-			return body, false
+			return nil, false
 		}
 		dec, lay = d, l
 	default:
 		m.problem(path, "unknown Content-Transfer-Encoding; HTML part copied without inspection")
-		return body, false
+		return nil, false
 	}
 	kind, ok, prob := charsetClass(charset, dec)
 	if prob != "" {
 		m.problem(path, prob)
 	}
 	if !ok {
-		return body, false
+		return nil, false
 	}
 	v := buildView(kind, dec, m.view, charset)
 	if kind != viewASCII {
@@ -69,11 +70,11 @@ func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, c
 		}
 	}
 	if act == Keep || trackers == 0 && !(amp && s.dynamic) {
-		return body, false
+		return nil, false
 	}
 	if ctx.protected {
 		m.problem(path, "inside a signed or encrypted part, left unchanged so the signature stays valid; its trackers were not removed")
-		return body, false
+		return nil, false
 	}
 	if amp && ctx.parentAlt && ctx.index > 1 {
 		// AMP can fetch per-recipient data at open time (amp-list,
@@ -91,7 +92,7 @@ func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, c
 	}
 	edits, beaconRef := m.buildEdits(s, beacon)
 	if len(edits) == 0 {
-		return body, false
+		return nil, false
 	}
 	if beacon != nil {
 		m.beacon = true
@@ -109,19 +110,22 @@ func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, c
 			}
 		}
 	}
+	out = &m.edited
+	out.reset()
 	switch enc {
 	case cteIdentity:
-		out = applyEdits(m.outBuf[:0], body, edits)
+		spliceEdits(out, body, edits)
 	case cteQP:
-		out = qpApply(m.outBuf[:0], body, dec, m.qpLines, edits, eolOf(body, m.hdr), m.scratch[:0])
+		m.scratch = qpApply(out, body, dec, m.qpLines, edits, eolOf(body, m.hdr), m.scratch[:0])
 	case cteBase64:
 		m.scratch = applyEdits(m.scratch[:0], dec, edits)
-		out = b64Encode(m.outBuf[:0], m.scratch, lay)
+		out.side = b64Encode(out.side, m.scratch, lay)
+		out.replace(0, 0, len(body))
 	}
-	m.outBuf = out
-	if !bytes.Equal(out, body) {
-		m.changed = true
+	if out.same(body) {
+		return nil, false
 	}
+	m.changed = true
 	return out, false
 }
 

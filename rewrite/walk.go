@@ -463,26 +463,29 @@ func (w *walker) emitHTML(path string, enc cte, charset string, amp bool, ctx pa
 	}
 	w.write(m.pend)
 	w.write(m.hdr)
-	if sep := headerGap(m.hdr, body, out); sep != nil {
+	if out == nil {
+		w.write(body)
+		return end
+	}
+	if sep := headerGap(m.hdr, out.firstLine(body)); sep != nil {
 		w.write(sep)
 	}
-	w.write(out)
+	for _, r := range out.runs {
+		w.write(out.bytes(body, r))
+	}
 	return end
 }
 
-// headerGap returns the blank line to write between hdr and out when the
-// body began without one (malformed, but real mail does it) and the edits
-// made its first line readable as a header field or a continuation line:
-// a mail client would then take it for the header, and the body it shows
-// would start later than the one that was scanned. Otherwise nil, and the
-// bytes stay as they were.
-func headerGap(hdr, body, out []byte) []byte {
-	if bytes.HasSuffix(hdr, []byte("\n\n")) || bytes.HasSuffix(hdr, []byte("\n\r\n")) || bytes.Equal(out, body) {
+// headerGap returns the blank line to write between hdr and a changed
+// body, whose first line is first, when the body began without one
+// (malformed, but real mail does it) and the edits made its first line
+// readable as a header field or a continuation line: a mail client would
+// then take it for the header, and the body it shows would start later
+// than the one that was scanned. Otherwise nil, and the bytes stay as
+// they were.
+func headerGap(hdr, first []byte) []byte {
+	if bytes.HasSuffix(hdr, []byte("\n\n")) || bytes.HasSuffix(hdr, []byte("\n\r\n")) {
 		return nil
-	}
-	first := out
-	if i := bytes.IndexByte(out, '\n'); i >= 0 {
-		first = out[:i+1]
 	}
 	// Lenient parsers (go-message among them) take any line with a colon
 	// for a field, so any colon counts, not only a well-formed name.
