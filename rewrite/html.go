@@ -278,10 +278,14 @@ func mayFetch(b []byte) bool {
 		return false
 	}
 	// One pass for all the words: Outlook's button comments are long and
-	// full of "s", and a search per word went over each several times.
-	for i := 0; i < len(b); i++ {
+	// full of "s", and a search per word went over each several times. A
+	// table lookup passes over the bytes no word starts with.
+	for i, c := range b {
+		if !fetchWordStart[c] {
+			continue
+		}
 		rest := b[i+1:]
-		switch b[i] {
+		switch c {
 		case 's', 'S':
 			if hasPrefixFoldBytes(rest, "rc") {
 				return true
@@ -310,6 +314,14 @@ func mayFetch(b []byte) bool {
 	}
 	return false
 }
+
+// fetchWordStart marks the first bytes of mayFetch's words.
+var fetchWordStart = func() (t [256]bool) {
+	for _, c := range "sSuUbBdDpP<" {
+		t[c] = true
+	}
+	return t
+}()
 
 // containsFold reports whether b contains needle, ignoring ASCII case;
 // needle must be lower case. The pre-filters on the hot path use it, so it
