@@ -312,8 +312,12 @@ done
 rss() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 # cpu_ms PID MESSAGES: the process's user+system CPU time per message.
 cpu_ms() { awk -v n="$2" -v hz="$(getconf CLK_TCK)" '{printf "%.2f", 1000 * ($14 + $15) / hz / n}' "/proc/$1/stat"; }
-# calls PID MESSAGES: the process's read and write system calls per message.
-calls() { awk -v n="$2" '/^syscr/ {r = $2} /^syscw/ {w = $2} END {printf "%.1f reads, %.1f writes", r / n, w / n}' "/proc/$1/io"; }
+# calls PID MESSAGES: the process's read and write system calls, and its
+# minor page faults, per message.
+calls() {
+	awk -v n="$2" '/^syscr/ {r = $2} /^syscw/ {w = $2} END {printf "%.1f reads, %.1f writes", r / n, w / n}' "/proc/$1/io"
+	awk -v n="$2" '{printf ", %.1f page faults", $10 / n}' "/proc/$1/stat"
+}
 alone=$(median <"$tmp/alone.rate")
 null=$(median <"$tmp/null.rate")
 smtp=$(median <"$tmp/smtp.rate")
@@ -329,7 +333,7 @@ printf 'pixelrelay / null filter (median of per-round ratios): SMTP %s, LMTP %s 
 printf 'pixelrelay peak RSS (VmHWM): SMTP %s MB, LMTP %s MB; CPU per message: SMTP %s ms, LMTP %s ms\n' \
 	"$(rss "$smtp_relay")" "$(rss "$lmtp_relay")" \
 	"$(cpu_ms "$smtp_relay" "$(wc -l <"$tmp/smtp.audit")")" "$(cpu_ms "$lmtp_relay" "$(wc -l <"$tmp/lmtp.audit")")"
-printf 'pixelrelay system calls per message: SMTP %s; LMTP %s\n' \
+printf 'pixelrelay system calls and page faults per message: SMTP %s; LMTP %s\n' \
 	"$(calls "$smtp_relay" "$(wc -l <"$tmp/smtp.audit")")" "$(calls "$lmtp_relay" "$(wc -l <"$tmp/lmtp.audit")")"
 
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
