@@ -90,11 +90,15 @@ func (c *trackedConn) takeDirect() bool {
 // newDirectData starts reading the message with whatever the client sent
 // after the DATA line, held by the wrapper, then from the socket.
 func newDirectData(c *trackedConn, max int64) *directData {
-	c.grow(readAhead)
+	c.grow(cmdBuffer)
 	d := &directData{c: c, in: c.buf[c.head:c.tail], max: max}
 	c.head, c.tail = 0, 0
 	return d
 }
+
+// minDirectRead is the least room in the caller's buffer that Read reads
+// the socket into; with less, it reads into the wrapper's buffer.
+const minDirectRead = 2 << 10
 
 func (d *directData) Read(p []byte) (int, error) {
 	n := 0
@@ -103,10 +107,17 @@ func (d *directData) Read(p []byte) (int, error) {
 			if d.err != nil {
 				break
 			}
-			// The 354 (and whatever replies are held with it) goes
-			// out before the wait for the message.
-			m, err := d.c.sockRead(d.c.buf)
-			d.in = d.c.buf[:m]
+			// The socket is read straight into p when it has room: the
+			// message then reaches the spool with no copy but the
+			// kernel's, and step undoes the dot-stuffing in place (it
+			// never writes ahead of what it has read). The 354, and
+			// whatever replies are held with it, goes out first.
+			buf := d.c.buf
+			if len(p)-n >= minDirectRead {
+				buf = p[n:]
+			}
+			m, err := d.c.sockRead(buf)
+			d.in = buf[:m]
 			if err != nil {
 				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
@@ -123,6 +134,9 @@ func (d *directData) Read(p []byte) (int, error) {
 			// wrapper, to be read as commands; go-smtp's own reader gets
 			// just an end-of-data line and ends at once.
 			c := d.c
+			if len(d.in) > len(c.buf) { // it was read into p
+				c.buf = make([]byte, len(d.in))
+			}
 			c.head, c.tail = 0, copy(c.buf, d.in)
 			d.in = nil
 			c.out = endOfData
@@ -187,7 +201,10 @@ func (d *directData) step(out []byte) int {
 		}
 		if !d.tooBig {
 			d.written += int64(k)
-			n += copy(out[n:], d.in[:k])
+			if &out[n] != &d.in[0] { // read in place, nothing unstuffed yet
+				copy(out[n:], d.in[:k])
+			}
+			n += k
 		}
 		d.in = d.in[k:]
 	}

@@ -285,27 +285,53 @@ func FuzzDirectData(f *testing.F) {
 		if ended != wantDone || ended && at != consumed {
 			t.Fatalf("%q: scanner ended=%v at %d, go-smtp %v at %d", in, ended, at, wantDone, consumed)
 		}
-		cc := &chunkConn{data: append([]byte(nil), in...), step: int(step%32) + 1}
-		tc := &trackedConn{Conn: cc}
-		d := newDirectData(tc, 0)
-		got, err := io.ReadAll(d)
-		if !bytes.Equal(got, wantOut) {
-			t.Fatalf("%q: output %q, go-smtp's %q", in, got, wantOut)
-		}
-		if d.done != wantDone {
-			t.Fatalf("%q: end of data found=%v, go-smtp's %v", in, d.done, wantDone)
-		}
-		if wantDone {
-			if err != nil {
-				t.Fatalf("%q: %v after the end of data", in, err)
+		// Small reads go through the wrapper's buffer; reads with room
+		// take the socket's bytes in place, as the spooler's do.
+		for _, bufSize := range []int{0, minDirectRead + int(step)} {
+			cc := &chunkConn{data: append([]byte(nil), in...), step: int(step%32) + 1}
+			if bufSize > 0 {
+				cc.step = bufSize // the socket hands over all it has
 			}
-			// What go-smtp reads next: the wrapper's bytes, then the socket's.
-			next := append(append(append([]byte(nil), tc.out...), tc.buf[tc.head:tc.tail]...), cc.data...)
-			if want := append([]byte(".\r\n"), in[consumed:]...); !bytes.Equal(next, want) {
-				t.Fatalf("%q: go-smtp reads next %q, want %q", in, next, want)
+			tc := &trackedConn{Conn: cc}
+			d := newDirectData(tc, 0)
+			got, err := readAllSized(d, bufSize)
+			if !bytes.Equal(got, wantOut) {
+				t.Fatalf("%q, reads of %d: output %q, go-smtp's %q", in, bufSize, got, wantOut)
+			}
+			if d.done != wantDone {
+				t.Fatalf("%q: end of data found=%v, go-smtp's %v", in, d.done, wantDone)
+			}
+			if wantDone {
+				if err != nil {
+					t.Fatalf("%q: %v after the end of data", in, err)
+				}
+				// What go-smtp reads next: the wrapper's bytes, then the socket's.
+				next := append(append(append([]byte(nil), tc.out...), tc.buf[tc.head:tc.tail]...), cc.data...)
+				if want := append([]byte(".\r\n"), in[consumed:]...); !bytes.Equal(next, want) {
+					t.Fatalf("%q, reads of %d: go-smtp reads next %q, want %q", in, bufSize, next, want)
+				}
 			}
 		}
 	})
+}
+
+// readAllSized is io.ReadAll with reads of size bytes (0: io.ReadAll's own).
+func readAllSized(r io.Reader, size int) ([]byte, error) {
+	if size == 0 {
+		return io.ReadAll(r)
+	}
+	var out []byte
+	buf := make([]byte, size)
+	for {
+		n, err := r.Read(buf)
+		out = append(out, buf[:n]...)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
 }
 
 // The size limit: over it, nothing more is written, the rest of the
@@ -321,5 +347,22 @@ func TestDirectDataTooLarge(t *testing.T) {
 	}
 	if next := string(tc.out) + string(tc.buf[tc.head:tc.tail]) + string(cc.data); next != ".\r\nQUIT\r\n" {
 		t.Fatalf("go-smtp reads next %q", next)
+	}
+}
+
+// Read in place, the end of data can arrive with more pipelined bytes
+// than the wrapper's command buffer holds; all of them go back to it.
+func TestDirectDataInPlaceHandsBackPipelinedBytes(t *testing.T) {
+	after := "RSET\r\n" + strings.Repeat("NOOP\r\n", 2000)
+	in := []byte("Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\n" + after)
+	cc := &chunkConn{data: in, step: len(in)}
+	tc := &trackedConn{Conn: cc}
+	d := newDirectData(tc, 0)
+	got, err := readAllSized(d, 64<<10)
+	if err != nil || string(got) != "Subject: x\r\n\r\n.dot\r\nbody\r\n" {
+		t.Fatalf("message %q, %v", got, err)
+	}
+	if next := string(tc.out) + string(tc.buf[tc.head:tc.tail]) + string(cc.data); next != ".\r\n"+after {
+		t.Fatalf("go-smtp reads next %d bytes, want %d", len(next), 3+len(after))
 	}
 }
