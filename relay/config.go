@@ -69,6 +69,8 @@ type Config struct {
 	DataTimeout         time.Duration `yaml:"data_timeout" doc:"how long a client may take to send a whole message"`
 	DrainTimeout        time.Duration `yaml:"drain_timeout" doc:"on SIGTERM, how long transactions in flight may take to finish"`
 
+	MaxProcs int `yaml:"max_procs" doc:"CPUs pixelrelay runs Go code on at once (GOMAXPROCS); 0: Go's default, every CPU. Beside Postfix, 1 is faster"`
+
 	SpoolMemory int64         `yaml:"spool_memory" doc:"message size held in memory; larger messages are spilled to a temporary file"`
 	SpoolDir    string        `yaml:"spool_dir" doc:"directory for spilled messages (default: the system temporary directory)"`
 	RetryMemory time.Duration `yaml:"retry_memory" doc:"how long the relay remembers which recipients of a partly failed message were already delivered"`
@@ -306,6 +308,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRecipients < 1 {
 		bad("max_recipients", "must be at least 1")
+	}
+	if c.MaxProcs < 0 {
+		bad("max_procs", "must be 0 (every CPU) or more, not %d", c.MaxProcs)
 	}
 	if c.MaxConnections < 1 {
 		bad("max_connections", "must be at least 1")

@@ -23,6 +23,7 @@
 #   PERF_DIR=/tmp/perf sudo bench/postfix/run.sh     # and system-wide perf recordings of one run per setup
 #   ROUNDS=5 MESSAGES=2000 SESSIONS=20 sudo bench/postfix/run.sh
 #   GODEBUG= sudo bench/postfix/run.sh    # pixelrelay without the systemd unit's GODEBUG
+#   MAX_PROCS=0 sudo bench/postfix/run.sh  # Go's default GOMAXPROCS instead of docs/postfix.md's --max-procs
 #
 # Needs root (Postfix instances) and the Debian postfix package. Exit
 # status: 0 when both ratios meet the target, 1 when one does not, 2 when
@@ -153,13 +154,19 @@ if [ -z "${GODEBUG+set}" ]; then
 	[ -n "$GODEBUG" ] || die "deploy/systemd/pixelrelay.service sets no GODEBUG"
 fi
 export GODEBUG
+# And with the --max-procs of docs/postfix.md's step 5; MAX_PROCS=0 in the
+# environment measures Go's default (every CPU).
+if [ -z "${MAX_PROCS+set}" ]; then
+	MAX_PROCS=$(sed -n 's/^"\$PIXELRELAY" serve .*--max-procs \([0-9][0-9]*\).*/\1/p' docs/postfix.md | head -1)
+	[ -n "$MAX_PROCS" ] || die "docs/postfix.md's step 5 sets no --max-procs"
+fi
 relay() { # NAME FLAGS... : pixelrelay serve for a setup
 	name=$1
 	shift
 	http=$(free_port)
 	if [ -n "${PPROF_DIR:-}" ]; then set -- "$@" --pprof --api-token bench; fi
 	"$tmp/pixelrelay" serve --http "127.0.0.1:$http" --db "$tmp/$name.db" --audit-log "$tmp/$name.audit" \
-		--hostname pixelrelay.localhost --log-level warn "$@" >"$tmp/$name.relay.log" 2>&1 &
+		--hostname pixelrelay.localhost --log-level warn --max-procs "$MAX_PROCS" "$@" >"$tmp/$name.relay.log" 2>&1 &
 	pids="$pids $!"
 	eval "${name}_relay=$! ${name}_http=$http"
 }
@@ -278,7 +285,7 @@ stop_perf() {
 # not busy).
 cpu_busy() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
 
-echo "Postfix sidecar benchmark: $(basename "$MESSAGE") as $size bytes, $MESSAGES messages x $SESSIONS sessions, $ROUNDS rounds; Postfix $(postconf -d -h mail_version); $(nproc) CPUs shared by everything; pixelrelay with GODEBUG=${GODEBUG:-(unset)}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "Postfix sidecar benchmark: $(basename "$MESSAGE") as $size bytes, $MESSAGES messages x $SESSIONS sessions, $ROUNDS rounds; Postfix $(postconf -d -h mail_version); $(nproc) CPUs shared by everything; pixelrelay with GODEBUG=${GODEBUG:-(unset)} and --max-procs $MAX_PROCS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for s in $SETUPS; do run "$s" 50 10 60 >/dev/null; done # warm-up, and a check that each setup delivers
 grep -q '"action":"strip"' "$tmp/smtp.audit" || die "the SMTP filter did not strip: $(head -c 400 "$tmp/smtp.audit")"
 grep -q '"action":"strip"' "$tmp/lmtp.audit" || die "the LMTP filter did not strip: $(head -c 400 "$tmp/lmtp.audit")"

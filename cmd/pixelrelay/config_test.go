@@ -111,7 +111,7 @@ func TestConfigPrecedence(t *testing.T) {
 // key and where it came from, and exits 1.
 func TestServeInvalidConfigReportsEveryProblem(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bad.yaml")
-	os.WriteFile(path, []byte("max_recipients: 0\n"), 0o600)
+	os.WriteFile(path, []byte("max_recipients: 0\nmax_procs: -1\n"), 0o600)
 	var out bytes.Buffer
 	env := &cmdEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &out, getenv: func(k string) string {
 		return map[string]string{"PIXELRELAY_DRY_RUN": "maybe"}[k]
@@ -128,6 +128,7 @@ func TestServeInvalidConfigReportsEveryProblem(t *testing.T) {
 		// 2^64 bytes: once wrapped around to 0 and accepted.
 		`  - max_message_bytes (from --max-message-bytes): "17179869184G" is too large`,
 		"max_recipients",
+		"max_procs: must be 0 (every CPU) or more, not -1",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the output lacks %q:\n%s", want, &out)

@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -116,6 +117,11 @@ func newEngine(cfg relay.Config) (*rewrite.Engine, error) {
 }
 
 func serve(loader *configLoader, cfg relay.Config, log *slog.Logger, level *slog.LevelVar) error {
+	if cfg.MaxProcs > 0 {
+		// Before any goroutine of ours starts. 0 leaves Go's default (or
+		// the GOMAXPROCS environment variable) alone.
+		runtime.GOMAXPROCS(cfg.MaxProcs)
+	}
 	log.Info("pixelrelay starting", append([]any{"version", version}, describeConfig(cfg)...)...)
 
 	store, err := consent.Open(cfg.DB, consent.Options{Purposes: cfg.Purposes, IgnorePlusTag: cfg.IgnorePlusTag, LockTimeout: 200 * time.Millisecond})

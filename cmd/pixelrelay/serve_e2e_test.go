@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -364,6 +365,19 @@ func TestE2EHealthReadinessMetrics(t *testing.T) {
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != 503 {
 		t.Fatalf("/readyz with the upstream down: %v %v", err, resp)
+	}
+}
+
+// max_procs sets how many CPUs the running relay's Go code uses. One more
+// than this machine has can only come from the flag: Go's default is the
+// number of CPUs.
+func TestE2EMaxProcs(t *testing.T) {
+	n := runtime.NumCPU() + 1
+	s := startServeEnv(t, filepath.Join(t.TempDir(), "db"), []string{"GOMAXPROCS="}, "--max-procs", strconv.Itoa(n))
+	_, body := s.api("GET", "/metrics", nil)
+	if want := fmt.Sprintf("go_sched_gomaxprocs_threads %d\n", n); !bytes.Contains(body, []byte(want)) {
+		i := bytes.Index(body, []byte("go_sched_gomaxprocs_threads "))
+		t.Fatalf("/metrics lacks %q; has %q", want, body[max(i, 0):min(max(i, 0)+40, len(body))])
 	}
 }
 
