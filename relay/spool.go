@@ -172,18 +172,22 @@ const (
 // previous chunk ended in CR), and, when max > 0, no line is longer than
 // max bytes without its CRLF. cur is the length so far of the line the
 // previous chunk ended in; checkLines returns the new one. On a failure
-// ok is false, and the length is -1 when the failure is a long line.
+// ok is false, and the length is -1 when the failure is a long line. A
+// bare line ending in the chunk wins over a long line in it: it is how
+// SMTP smuggling hides a second message, and is logged as such, so one
+// over-long line must not disguise it.
 func checkLines(b []byte, prevCR bool, cur, max int) (int, bool) {
 	if prevCR && (len(b) == 0 || b[0] != '\n') {
 		return 0, false // the previous chunk's trailing CR was bare
 	}
 	lf := 0
+	long := false
 	for i := 0; ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
 			cur += len(b) - i
 			if max > 0 && cur > max+1 { // +1 leaves room for a CR whose LF is next
-				return -1, false
+				long = true
 			}
 			break
 		}
@@ -196,7 +200,7 @@ func checkLines(b []byte, prevCR bool, cur, max int) (int, bool) {
 			return 0, false
 		}
 		if max > 0 && cur+j-1 > max { // j-1: the CR before the LF is not content
-			return -1, false
+			long = true
 		}
 		cur = 0
 		lf++
@@ -212,7 +216,13 @@ func checkLines(b []byte, prevCR bool, cur, max int) (int, bool) {
 	if len(b) > 0 && b[len(b)-1] == '\r' {
 		unmatched--
 	}
-	return cur, unmatched == 0
+	if unmatched != 0 {
+		return 0, false
+	}
+	if long {
+		return -1, false
+	}
+	return cur, true
 }
 
 // headKeep is how much of a spilled message stays in memory: enough for

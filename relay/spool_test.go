@@ -83,6 +83,10 @@ func TestSpoolLimits(t *testing.T) {
 		{"line", spooler{memLimit: 1 << 20, maxLine: 50}, "S: x\r\n\r\n" + strings.Repeat("b", 51) + "\r\n", errLineLength},
 		// Exactly at the limit is fine.
 		{"line-ok", spooler{memLimit: 1 << 20, maxLine: 50}, "S: x\r\n\r\n" + strings.Repeat("b", 50) + "\r\n", nil},
+		// A bare line ending next to a long line is refused as what it
+		// is, possible smuggling, before or after the long line.
+		{"bare-after-long", spooler{memLimit: 1 << 20, maxLine: 10}, strings.Repeat("A", 20) + "\r\nx\ny\r\n", errBareLineEnding},
+		{"bare-cr-before-long", spooler{memLimit: 1 << 20, maxLine: 10}, "x\ry" + strings.Repeat("A", 20) + "\r\n", errBareLineEnding},
 	} {
 		m, err := tc.sp.receive(strings.NewReader(tc.body))
 		if !errors.Is(err, tc.want) {
