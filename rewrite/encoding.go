@@ -182,7 +182,7 @@ func qpApply(sp *splice, enc, dec []byte, lines []qpLine, edits []edit, eol stri
 		sp.keep(pos, lines[first].encStart)
 		s := len(sp.side)
 		sp.side = qpEncode(sp.side, scratch, eol, lines[last].soft)
-		sp.replace(s, lines[first].encStart, lines[last].encEnd)
+		sp.add(s)
 		pos = lines[last].encEnd
 		k = j
 	}
@@ -202,7 +202,6 @@ type splice struct {
 type spliceRun struct {
 	side       bool
 	start, end int // in the input, or in side
-	os, oe     int // a side run: the input bytes it replaces
 }
 
 func (sp *splice) reset() {
@@ -217,20 +216,26 @@ func (sp *splice) keep(start, end int) {
 	}
 }
 
-// replace adds side[from:] in place of the input's bytes [os, oe).
-func (sp *splice) replace(from, os, oe int) {
-	sp.runs = append(sp.runs, spliceRun{side: true, start: from, end: len(sp.side), os: os, oe: oe})
+// add adds side[from:], the new bytes appended since from.
+func (sp *splice) add(from int) {
+	sp.runs = append(sp.runs, spliceRun{side: true, start: from, end: len(sp.side)})
 }
 
-// same reports whether the splice spells in itself: every new run equals
-// what it replaces.
+// same reports whether the splice spells in itself, byte for byte (edits
+// that cancel out across runs included). A run of in at its own offset
+// needs no comparison.
 func (sp *splice) same(in []byte) bool {
+	pos := 0
 	for _, r := range sp.runs {
-		if r.side && !bytes.Equal(sp.side[r.start:r.end], in[r.os:r.oe]) {
-			return false
+		b := sp.bytes(in, r)
+		if r.side || r.start != pos {
+			if len(b) > len(in)-pos || !bytes.Equal(b, in[pos:pos+len(b)]) {
+				return false
+			}
 		}
+		pos += len(b)
 	}
-	return true
+	return pos == len(in)
 }
 
 // bytes returns run r's bytes.
@@ -262,7 +267,7 @@ func spliceEdits(sp *splice, src []byte, edits []edit) {
 		sp.keep(pos, e.start)
 		s := len(sp.side)
 		sp.side = append(sp.side, e.repl...)
-		sp.replace(s, e.start, e.end)
+		sp.add(s)
 		pos = e.end
 	}
 	sp.keep(pos, len(src))

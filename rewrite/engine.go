@@ -330,6 +330,7 @@ func (m *msgState) end() {
 		m.qpLines = nil
 	}
 	m.scan.view = nil
+	m.w.lr.src = nil // the caller's message, not to be kept alive by the pool
 	if cap(m.scan.refs) > 4096 {
 		m.scan.refs = nil
 	}

@@ -120,7 +120,7 @@ func (m *msgState) processHTML(path string, enc cte, charset string, amp bool, c
 	case cteBase64:
 		m.scratch = applyEdits(m.scratch[:0], dec, edits)
 		out.side = b64Encode(out.side, m.scratch, lay)
-		out.replace(0, 0, len(body))
+		out.add(0)
 	}
 	if out.same(body) {
 		return nil, false

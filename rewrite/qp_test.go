@@ -76,3 +76,31 @@ func FuzzQPDecode(f *testing.F) {
 		}
 	})
 }
+
+// A splice is the same as its input exactly when its bytes are, also when
+// edits cancel out across runs (a span removed here, the same bytes
+// inserted there): then nothing changed and the part is copied as it was.
+func TestSpliceSame(t *testing.T) {
+	in := []byte("abcabc")
+	for _, tc := range []struct {
+		edits []edit
+		same  bool
+	}{
+		{nil, true},
+		{[]edit{{start: 0, end: 3}, {start: 6, end: 6, repl: []byte("abc")}}, true},
+		{[]edit{{start: 1, end: 2, repl: []byte("b")}}, true},
+		{[]edit{{start: 0, end: 3}}, false},
+		{[]edit{{start: 6, end: 6, repl: []byte("x")}}, false},
+		{[]edit{{start: 0, end: 3, repl: []byte("abd")}}, false},
+	} {
+		var sp splice
+		spliceEdits(&sp, in, tc.edits)
+		var out []byte
+		for _, r := range sp.runs {
+			out = append(out, sp.bytes(in, r)...)
+		}
+		if got := sp.same(in); got != tc.same || got != bytes.Equal(out, in) {
+			t.Errorf("edits %+v: same %v, output %q", tc.edits, got, out)
+		}
+	}
+}
