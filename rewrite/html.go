@@ -281,33 +281,8 @@ func mayFetch(b []byte) bool {
 	// full of "s", and a search per word went over each several times. A
 	// table lookup passes over the bytes no word starts with.
 	for i, c := range b {
-		if !fetchWordStart[c] {
-			continue
-		}
-		rest := b[i+1:]
-		switch c {
-		case 's', 'S':
-			if hasPrefixFoldBytes(rest, "rc") {
-				return true
-			}
-		case 'u', 'U':
-			if hasPrefixFoldBytes(rest, "rl") {
-				return true
-			}
-		case 'b', 'B':
-			if hasPrefixFoldBytes(rest, "ackground") {
-				return true
-			}
-		case 'd', 'D':
-			if hasPrefixFoldBytes(rest, "ata") {
-				return true
-			}
-		case 'p', 'P':
-			if hasPrefixFoldBytes(rest, "oster") {
-				return true
-			}
-		case '<':
-			if hasPrefixFoldBytes(rest, "style") || hasPrefixFoldBytes(rest, "link") {
+		for _, w := range fetchWordsFrom[c] {
+			if hasPrefixFoldBytes(b[i+1:], w[1:]) {
 				return true
 			}
 		}
@@ -315,10 +290,15 @@ func mayFetch(b []byte) bool {
 	return false
 }
 
-// fetchWordStart marks the first bytes of mayFetch's words.
-var fetchWordStart = func() (t [256]bool) {
-	for _, c := range "sSuUbBdDpP<" {
-		t[c] = true
+// fetchWordsFrom lists mayFetch's words (lower case) by their first byte,
+// in either case.
+var fetchWordsFrom = func() (t [256][]string) {
+	for _, w := range [...]string{"src", "url", "background", "<style", "<link", "data", "poster"} {
+		c := w[0]
+		t[c] = append(t[c], w)
+		if c >= 'a' && c <= 'z' {
+			t[c-'a'+'A'] = append(t[c-'a'+'A'], w)
+		}
 	}
 	return t
 }()
