@@ -191,17 +191,8 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 	}
 	err = conn.c.mail(from, opts)
 	if err != nil && reused && !isSMTPReply(err) {
-		// A pooled connection the upstream dropped while it sat idle fails
-		// here, at the first command of a transaction: no transaction
-		// exists yet, so none can be duplicated by starting afresh. This
-		// replaces a NOOP round trip before every reuse.
-		conn.c.Close()
-		if conn, err = u.dial(ctx); err != nil {
+		if conn, err = u.redial(ctx, conn, opts); err != nil {
 			return nil, err
-		}
-		if refusal := unsupported(conn.c, opts); refusal != nil {
-			u.put(conn)
-			return nil, refusal
 		}
 		err = conn.c.mail(from, opts)
 	}
@@ -209,6 +200,25 @@ func (u *smtpUpstream) Begin(ctx context.Context, from string, opts *smtp.MailOp
 		return nil, u.mailFailed(conn, err)
 	}
 	return &smtpTx{up: u, conn: conn}, nil
+}
+
+// redial replaces a pooled connection that failed at the first command of
+// a transaction: the upstream dropped it while it sat idle. No transaction
+// exists yet, so none can be duplicated by starting afresh; this replaces
+// a NOOP round trip before every reuse. The new connection may refuse
+// what opts need (a different upstream behind the name); it is then
+// pooled and the refusal returned.
+func (u *smtpUpstream) redial(ctx context.Context, dead *upConn, opts *smtp.MailOptions) (*upConn, error) {
+	dead.c.Close()
+	conn, err := u.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if refusal := unsupported(conn.c, opts); refusal != nil {
+		u.put(conn)
+		return nil, refusal
+	}
+	return conn, nil
 }
 
 // mailFailed turns a failed MAIL into the transaction's error, and pools or
@@ -464,20 +474,10 @@ func (t *smtpTx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) er
 		var mailErr error
 		mailErr, err = t.conn.c.mailRcpt(m.from, m.opts, to, opts)
 		if mailErr != nil && m.reused && !isSMTPReply(mailErr) {
-			// A pooled connection the upstream dropped while it sat idle
-			// fails here, at the first commands of a transaction: none
-			// exists yet, so starting afresh cannot duplicate one. This
-			// replaces a NOOP round trip before every reuse.
-			t.conn.c.Close()
-			if t.conn, err = t.up.dial(ctx); err != nil {
+			if t.conn, err = t.up.redial(ctx, t.conn, m.opts); err != nil {
 				return err
 			}
 			m.reused = false
-			if refusal := unsupported(t.conn.c, m.opts); refusal != nil {
-				t.up.put(t.conn)
-				t.conn = nil
-				return refusal
-			}
 			mailErr, err = t.conn.c.mailRcpt(m.from, m.opts, to, opts)
 		}
 		if mailErr != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,6 +111,59 @@ func TestPooledConnectionDroppedByUpstream(t *testing.T) {
 	}
 	if n := up.Conns(); n != 2 {
 		t.Errorf("upstream saw %d connections, want 2 (the dropped one, then a fresh one)", n)
+	}
+}
+
+// The same without PIPELINING, where MAIL goes out alone at the start of
+// the transaction (smtpUpstream.Begin): go-smtp always offers PIPELINING,
+// so this upstream is scripted. It hangs up after its first message, as
+// an upstream does with a connection left idle too long.
+func TestPooledConnectionDroppedByUpstreamWithoutPipelining(t *testing.T) {
+	var conns, messages atomic.Int32
+	addr := serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		first := conns.Add(1) == 1
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		io.WriteString(c, "220 up.test ESMTP\r\n")
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			switch cmd := strings.ToUpper(strings.TrimRight(l, "\r\n")); {
+			case strings.HasPrefix(cmd, "EHLO"):
+				io.WriteString(c, "250-up.test\r\n250-SMTPUTF8\r\n250 8BITMIME\r\n")
+			case cmd == "DATA":
+				io.WriteString(c, "354 go on\r\n")
+				for {
+					if l, err := r.ReadString('\n'); err != nil || l == ".\r\n" {
+						break
+					}
+				}
+				messages.Add(1)
+				io.WriteString(c, "250 2.0.0 ok\r\n")
+				if first {
+					return // dropped while it sits in the relay's pool
+				}
+			case cmd == "QUIT":
+				io.WriteString(c, "221 bye\r\n")
+				return
+			default:
+				io.WriteString(c, "250 ok\r\n")
+			}
+		}
+	})
+	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + addr })
+	if err := sendThrough(h, "bob@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the hang-up reaches the relay's side
+	if err := sendThrough(h, "bob@example.org"); err != nil {
+		t.Fatalf("second message, after the upstream dropped the pooled connection: %v", err)
+	}
+	if n, c := messages.Load(), conns.Load(); n != 2 || c != 2 {
+		t.Fatalf("upstream got %d messages over %d connections, want 2 over 2", n, c)
 	}
 }
 
