@@ -20,9 +20,7 @@ func TestSASLResponseIsNotACommandForTheLineLimit(t *testing.T) {
 		c.Users = writeUsers(t, dir, "app s3cret")
 		c.AllowInsecureAuth = true
 	})
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO app.example", "250")
+	c := greeted(t, h.addr, "EHLO app.example")
 	c.expect("AUTH LOGIN", "334")
 	// go-smtp: invalid base64, 454, back to commands. Wrapper: a chunk.
 	c.expect("BDAT 4294967295", "454")
@@ -45,9 +43,7 @@ func TestSASLResponseIsNotACommandForDirectData(t *testing.T) {
 		c.Users = writeUsers(t, dir, "app s3cret")
 		c.AllowInsecureAuth = true
 	})
-	c2 := dialFrom(t, h.addr, "")
-	c2.reply()
-	c2.expect("EHLO app.example", "250")
+	c2 := greeted(t, h.addr, "EHLO app.example")
 	c2.expect("AUTH LOGIN", "334")
 	region := "AUTH PLAIN " + plainAuth("app", "s3cret") + "\r\nMAIL FROM:<app@app.example>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nSubject: start\r\n\r\nfirst line\r\n"
 	c2.expect(fmt.Sprintf("BDAT %d", len(region)), "454")
@@ -81,9 +77,7 @@ func TestSASLResponseTimeoutEndsTheExchange(t *testing.T) {
 		c.AllowInsecureAuth = true
 		c.IdleTimeout = time.Second
 	})
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO app.example", "250")
+	c := greeted(t, h.addr, "EHLO app.example")
 	c.expect("AUTH LOGIN", "334")
 	// Past go-smtp's deadline for the response, within the next one.
 	time.Sleep(h.cfg.IdleTimeout * 3 / 2)

@@ -180,9 +180,7 @@ func TestLongMessageLineOnListenerWithCertificate(t *testing.T) {
 // disconnected, rather than the relay buffering whatever it sends.
 func TestUnfinishedCommandLineOverLimit(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxLineLength = 1000 })
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
+	c := greeted(t, h.addr, "EHLO client.example")
 	c.conn.Write([]byte("NOOP " + strings.Repeat("a", 994)))
 	time.Sleep(50 * time.Millisecond)
 	c.conn.Write([]byte("a\r\n")) // 1000 bytes before the line end: within

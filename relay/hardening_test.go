@@ -63,15 +63,23 @@ func openLMTPTx(t *testing.T, addr, from string, rcpts ...string) *client {
 
 func openTxHello(t *testing.T, addr, hello, from string, rcpts ...string) *client {
 	t.Helper()
+	c := greeted(t, addr, hello)
+	c.expect("MAIL FROM:<"+from+">", "250")
+	for _, r := range rcpts {
+		c.expect("RCPT TO:<"+r+">", "250")
+	}
+	return c
+}
+
+// greeted dials addr, expects the 220 greeting and says hello, expecting
+// 250: the opening of every session.
+func greeted(t *testing.T, addr, hello string) *client {
+	t.Helper()
 	c := dialFrom(t, addr, "")
 	if g := c.reply(); !strings.HasPrefix(g, "220") {
 		t.Fatalf("greeting %q, want 220", g)
 	}
 	c.expect(hello, "250")
-	c.expect("MAIL FROM:<"+from+">", "250")
-	for _, r := range rcpts {
-		c.expect("RCPT TO:<"+r+">", "250")
-	}
 	return c
 }
 
@@ -224,9 +232,7 @@ func TestAuthLoginAndThrottle(t *testing.T) {
 	})
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO app.example", "250")
+	c := greeted(t, h.addr, "EHLO app.example")
 	c.startTLS()
 	c.expect("EHLO app.example", "250")
 	c.expect("AUTH LOGIN", "334 "+b64("Username:"))
@@ -234,9 +240,7 @@ func TestAuthLoginAndThrottle(t *testing.T) {
 	c.expect(b64("s3cret"), "235")
 	c.expect("MAIL FROM:<x@app.example>", "250")
 
-	c = dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO app.example", "250")
+	c = greeted(t, h.addr, "EHLO app.example")
 	c.startTLS()
 	c.expect("EHLO app.example", "250")
 	for i := 0; i < 2; i++ {
@@ -248,9 +252,7 @@ func TestAuthLoginAndThrottle(t *testing.T) {
 		t.Fatal("connection still open after 421")
 	}
 	// The address stays blocked, even with the right password.
-	c = dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO app.example", "250")
+	c = greeted(t, h.addr, "EHLO app.example")
 	c.startTLS()
 	c.expect("EHLO app.example", "250")
 	c.expect("AUTH PLAIN "+plainAuth("app", "s3cret"), "421 4.7.0")
@@ -291,9 +293,7 @@ func TestStartTLSCommandInjection(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := writeCert(t, dir, "relay.test")
 	h := newHarness(t, func(c *Config) { c.TLSCert, c.TLSKey = cert, key })
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
+	c := greeted(t, h.addr, "EHLO client.example")
 	// A man in the middle appends a command after STARTTLS in the same
 	// packet (CVE-2011-0411 class). It must die with the plaintext buffer.
 	c.conn.Write([]byte("STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n"))
@@ -390,9 +390,7 @@ func TestLimits(t *testing.T) {
 					c.TLSCert, c.TLSKey = writeCert(t, t.TempDir(), "relay.test")
 				}
 			})
-			c := dialFrom(t, h.addr, "")
-			c.reply()
-			c.expect("EHLO x.example", "250")
+			c := greeted(t, h.addr, "EHLO x.example")
 			if r := c.cmd("MAIL FROM:<" + strings.Repeat("a", 2000) + "@x.example>"); !strings.HasPrefix(r, "500 5.4.0") {
 				t.Errorf("tls=%v: over-long command: %q, want 500 5.4.0", withTLS, r)
 			}
@@ -432,9 +430,7 @@ func TestLimits(t *testing.T) {
 			c.DataTimeout = 500 * time.Millisecond
 		})
 		// Idle after EHLO.
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO x.example", "250")
+		c := greeted(t, h.addr, "EHLO x.example")
 		if r := c.reply(); !strings.HasPrefix(r, "421") {
 			t.Errorf("idle client: %q, want 421", r)
 		}
@@ -463,9 +459,7 @@ func TestLimits(t *testing.T) {
 
 func TestGracefulDrain(t *testing.T) {
 	h := newHarness(t, nil)
-	idle := dialFrom(t, h.addr, "")
-	idle.reply()
-	idle.expect("EHLO idle.example", "250")
+	idle := greeted(t, h.addr, "EHLO idle.example")
 
 	busy := openTx(t, h.addr, "news@acme.example", "alice@example.fr")
 
@@ -523,9 +517,7 @@ func TestCertificateReload(t *testing.T) {
 	cert, key := writeCert(t, dir, "old.test")
 	h := newHarness(t, func(c *Config) { c.TLSCert, c.TLSKey = cert, key })
 	peer := func() (string, *client) {
-		c := dialFrom(t, h.addr, "")
-		c.reply()
-		c.expect("EHLO x.example", "250")
+		c := greeted(t, h.addr, "EHLO x.example")
 		c.startTLS()
 		return c.conn.(*tls.Conn).ConnectionState().PeerCertificates[0].Subject.CommonName, c
 	}

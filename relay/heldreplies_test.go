@@ -16,11 +16,7 @@ import (
 // before the close.
 func TestPipelinedRepliesShareAWrite(t *testing.T) {
 	h := newHarness(t, nil)
-	c := dialFrom(t, h.addr, "")
-	if g := c.reply(); !strings.HasPrefix(g, "220") {
-		t.Fatalf("greeting %q", g)
-	}
-	c.expect("EHLO client.example", "250")
+	c := greeted(t, h.addr, "EHLO client.example")
 	if _, err := c.conn.Write([]byte("MAIL FROM:<news@example-news.com>\r\nRCPT TO:<reader@example.fr>\r\nDATA\r\n")); err != nil {
 		t.Fatal(err)
 	}

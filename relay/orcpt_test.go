@@ -15,9 +15,7 @@ import (
 // any authentication, could take every session down.
 func TestORCPTLineWithInvalidUTF8DoesNotCrash(t *testing.T) {
 	h := newHarness(t, nil)
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
+	c := greeted(t, h.addr, "EHLO client.example")
 	bad := "RCPT " + strings.Repeat("\x8f", 5) + " ORCPT=RFC822;\r\n"
 	pad := "NOOP " + strings.Repeat("a", 4096-len(bad)-7) + "\r\n"
 	c.conn.Write([]byte(pad + bad))

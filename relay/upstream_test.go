@@ -92,9 +92,7 @@ func TestUpstreamSchemes(t *testing.T) {
 func TestUpstreamWithoutSMTPUTF8(t *testing.T) {
 	up := relaytest.NewUpstreamWith(t, relaytest.Options{NoSMTPUTF8: true})
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + up.Addr() })
-	c := dialFrom(t, h.addr, "")
-	c.reply()
-	c.expect("EHLO client.example", "250")
+	c := greeted(t, h.addr, "EHLO client.example")
 	c.expect("MAIL FROM:<app@app.example> SMTPUTF8", "250")
 	// Permanent and explicit: retrying would loop for ever.
 	c.expect("RCPT TO:<jörg@example.de>", "553 5.6.7")
