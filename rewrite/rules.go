@@ -232,22 +232,6 @@ func (r *Rules) match(host, target string) (hit, allow bool, vendor string) {
 	return false, false, ""
 }
 
-// matchLinear is match without the index: the reference it is tested
-// against.
-func (r *Rules) matchLinear(host, target string) (hit, allow bool, vendor string) {
-	for i := range r.allow {
-		if r.allow[i].matches(host, target) {
-			return true, true, r.allow[i].vendor
-		}
-	}
-	for i := range r.track {
-		if r.track[i].matches(host, target) {
-			return true, false, r.track[i].vendor
-		}
-	}
-	return false, false, ""
-}
-
 func (ru *rule) matches(host, target string) bool {
 	return ru.path.quick(target) && ru.host.quick(host) && ru.host.match(host) && ru.path.match(target)
 }

@@ -89,3 +89,19 @@ func FuzzRuleIndex(f *testing.F) {
 		}
 	})
 }
+
+// matchLinear is match without the index: the reference it is tested
+// against.
+func (r *Rules) matchLinear(host, target string) (hit, allow bool, vendor string) {
+	for i := range r.allow {
+		if r.allow[i].matches(host, target) {
+			return true, true, r.allow[i].vendor
+		}
+	}
+	for i := range r.track {
+		if r.track[i].matches(host, target) {
+			return true, false, r.track[i].vendor
+		}
+	}
+	return false, false, ""
+}
