@@ -35,6 +35,7 @@ type Config struct {
 	UpstreamConnectTimeout time.Duration `yaml:"upstream_connect_timeout" doc:"time allowed to connect and greet the upstream"`
 	UpstreamCommandTimeout time.Duration `yaml:"upstream_command_timeout" doc:"time allowed for each upstream command reply"`
 	UpstreamDataTimeout    time.Duration `yaml:"upstream_data_timeout" doc:"time allowed to send a message and get the upstream's final reply"`
+	UpstreamChunking       bool          `yaml:"upstream_chunking" doc:"send messages with BDAT when the upstream offers CHUNKING; false: always DATA"`
 	Outbox                 string        `yaml:"outbox" doc:"directory that receives .eml files when no upstream is set"`
 
 	DB string `yaml:"db" doc:"bbolt database file (consent, keys, retry memory, beacon counters)"`
@@ -136,6 +137,7 @@ func DefaultConfig() Config {
 		UpstreamConnectTimeout: 15 * time.Second,
 		UpstreamCommandTimeout: 60 * time.Second,
 		UpstreamDataTimeout:    5 * time.Minute,
+		UpstreamChunking:       true,
 		Outbox:                 "outbox",
 		DB:                     "pixelrelay.db",
 		HTTP:                   "127.0.0.1:8025",

@@ -118,6 +118,7 @@ type SMTPUpstreamOptions struct {
 	ConnectTimeout time.Duration
 	CommandTimeout time.Duration
 	DataTimeout    time.Duration
+	NoChunking     bool // DATA even when the upstream offers CHUNKING
 }
 
 // LoadCAFile reads a PEM bundle for --upstream-ca.
@@ -288,6 +289,9 @@ func (u *smtpUpstream) get(ctx context.Context) (conn *upConn, reused bool, err 
 }
 
 func (u *smtpUpstream) put(conn *upConn) {
+	if conn.c.closed {
+		return
+	}
 	conn.lastUsed = time.Now()
 	u.mu.Lock()
 	if u.closed || len(u.idle) >= u.opt.PoolSize {
@@ -341,6 +345,7 @@ func (u *smtpUpstream) open(ctx context.Context, tryTLS bool) (*upClient, error)
 	}
 	tlsConfig := &tls.Config{ServerName: opt.ServerName, RootCAs: opt.RootCAs, MinVersion: tls.VersionTLS12}
 	c := newUpClient(raw, opt.CommandTimeout, opt.DataTimeout)
+	c.bdat = !opt.NoChunking
 	if opt.URL.Scheme == "smtps" {
 		tc := tls.Client(raw, tlsConfig)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -528,7 +533,7 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		return werr
 	})
 	var uwe *upstreamWriteError
-	if werr != nil && !errors.As(err, &uwe) {
+	if werr != nil && !errors.As(err, &uwe) && !isSMTPReply(err) {
 		// Our own failure (rewrite, spool): the connection was closed
 		// without the final dot.
 		return Reply{}, werr
@@ -599,6 +604,7 @@ func NewUpstream(cfg Config) (Upstream, error) {
 		ConnectTimeout: cfg.UpstreamConnectTimeout,
 		CommandTimeout: cfg.UpstreamCommandTimeout,
 		DataTimeout:    cfg.UpstreamDataTimeout,
+		NoChunking:     !cfg.UpstreamChunking,
 	}
 	if cfg.UpstreamCA != "" {
 		if opt.RootCAs, err = LoadCAFile(cfg.UpstreamCA); err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -987,6 +988,19 @@ func TestPostfixSidecar(t *testing.T) {
 		if _, rest := receivedPrefix(a.Data); !bytes.Equal(rest, pfCRLF(orig)) {
 			t.Errorf("with the filter off, the queued message did not go out as the sender wrote it: %s", firstDifference(rest, pfCRLF(orig)))
 		}
+	})
+
+	// pixelrelay sent its copies to the reinjection smtpd as BDAT, which
+	// Postfix offers: smtpd counts each connection's commands when it
+	// ends, and pixelrelay's connections (stopped above) are the only ones
+	// that can hold BDAT, since the test submits with smtplib's DATA. The
+	// split phases above checked those copies' bytes at the sink.
+	l.phase(t, "bdat", func(t *testing.T) {
+		used := regexp.MustCompile(`disconnect from \S+ .*\bbdat=[1-9]`)
+		l.waitFor("a reinjection connection that used BDAT in Postfix's log", func() bool {
+			log, _ := os.ReadFile(filepath.Join(l.root, "postfix.log"))
+			return used.Match(log)
+		})
 	})
 
 	l.phase(t, "pipe", func(t *testing.T) { l.pipeMode(t, orig, newsletterAbs) })
