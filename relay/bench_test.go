@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -16,7 +17,8 @@ import (
 // relay: the connection wrapper, the DATA reader, the spool, the rewrite
 // (strip) and the upstream client. keep is a consenting recipient (the
 // message passes unchanged), strip one without consent, bdat the keep case
-// sent in BDAT chunks.
+// sent in BDAT chunks; strip-to-chunking is strip into a sink that offers
+// CHUNKING, as Postfix does, so the relay sends BDAT instead of DATA.
 func BenchmarkRelay(b *testing.B) {
 	raw, err := os.ReadFile("../testdata/bench/newsletter.eml")
 	if err != nil {
@@ -25,15 +27,16 @@ func BenchmarkRelay(b *testing.B) {
 	data := dotStuff(raw)
 	body := bytes.TrimSuffix(data, []byte(".\r\n"))
 	for _, tc := range []struct {
-		name, consent string
-		bdat          bool
+		name, consent  string
+		bdat, chunking bool
 	}{
-		{"keep", "granted", false},
-		{"strip", "", false},
-		{"bdat", "granted", true},
+		{"keep", "granted", false, false},
+		{"strip", "", false, false},
+		{"bdat", "granted", true, false},
+		{"strip-to-chunking", "", false, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			sink := startSink(b)
+			sink := startSink(b, tc.chunking)
 			h := newHarness(b, func(c *Config) { c.Upstream = "smtp://" + sink })
 			if tc.consent != "" {
 				h.setConsent("reader@example.fr", tc.consent)
@@ -82,12 +85,13 @@ func BenchmarkRelay(b *testing.B) {
 }
 
 // startSink is an SMTP server that accepts everything and keeps nothing,
-// reading DATA a line at a time from a 64 KB buffer, as smtp-sink does.
-func startSink(b *testing.B) string {
-	return serveLoopback(b, serveSink)
+// reading DATA a line at a time from a 64 KB buffer, as smtp-sink does;
+// with chunking it also offers CHUNKING and discards BDAT chunks.
+func startSink(b *testing.B, chunking bool) string {
+	return serveLoopback(b, func(c net.Conn) { serveSink(c, chunking) })
 }
 
-func serveSink(c net.Conn) {
+func serveSink(c net.Conn, chunking bool) {
 	defer c.Close()
 	r := bufio.NewReaderSize(c, 64<<10)
 	w := bufio.NewWriter(c)
@@ -107,7 +111,26 @@ func serveSink(c net.Conn) {
 		verb, _, _ = strings.Cut(verb, " ")
 		switch verb {
 		case "EHLO":
-			reply("250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 DSN\r\n")
+			ext := "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+			if chunking {
+				ext += "250-CHUNKING\r\n"
+			}
+			reply(ext + "250 DSN\r\n")
+		case "BDAT":
+			f := strings.Fields(string(line))
+			n, err := strconv.Atoi(f[1])
+			if err != nil || !chunking {
+				reply("501 5.5.4 bad BDAT\r\n")
+				return
+			}
+			if _, err := r.Discard(n); err != nil {
+				return
+			}
+			if len(f) > 2 {
+				reply("250 2.0.0 Ok: queued as SINK\r\n")
+			} else {
+				reply("250 2.0.0 Ok\r\n")
+			}
 		case "DATA":
 			reply("354 go ahead\r\n")
 			for {
