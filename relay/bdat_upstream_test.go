@@ -265,3 +265,53 @@ func (tp *tap) String() string {
 	defer tp.mu.Unlock()
 	return tp.sent.String()
 }
+
+// The chunk boundaries: a message of exactly one or two chunks ends with
+// "BDAT 0 LAST", and sizes around them split where they should. The
+// client talks to a real go-smtp server, which checks the framing.
+func TestChunkWriterBoundaries(t *testing.T) {
+	up := relaytest.NewUpstream(t)
+	for _, size := range []int{0, 1, chunkSize - 1, chunkSize, chunkSize + 1, 2 * chunkSize} {
+		raw, err := net.Dial("tcp", up.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newUpClient(raw, 5*time.Second, 5*time.Second)
+		c.bdat = true
+		if err := c.greet(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.hello("client.test"); err != nil {
+			t.Fatal(err)
+		}
+		rcpt := fmt.Sprintf("size%d@example.org", size)
+		if err := c.mail("app@app.example", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.rcpt(rcpt, nil); err != nil {
+			t.Fatal(err)
+		}
+		msg := bytes.Repeat([]byte("0123456789abcd\r\n"), size/16+1)[:size]
+		if size > 0 && msg[size-1] == '\r' {
+			msg[size-1] = 'x' // no bare CR at the end
+		}
+		// Odd write sizes, so that chunk ends fall inside writes.
+		_, err = c.data(func(w io.Writer) error {
+			for p := msg; len(p) > 0; {
+				n := min(len(p), 7919)
+				if _, err := w.Write(p[:n]); err != nil {
+					return err
+				}
+				p = p[n:]
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		if got := up.MessageFor(rcpt).Data; !bytes.Equal(got, msg) {
+			t.Errorf("%d bytes sent, upstream got %d (equal prefix: %v)", size, len(got), bytes.HasPrefix(msg, got))
+		}
+		c.quit()
+	}
+}
