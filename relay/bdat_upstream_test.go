@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/pixelrelay/pixelrelay/relay/relaytest"
 )
@@ -87,6 +90,7 @@ type chunkUpstream struct {
 	refuse     string
 	conns      atomic.Int32
 	closed     atomic.Int32 // connections the relay closed
+	late       atomic.Int32 // chunks that came after the refused one
 	mu         sync.Mutex
 	messages   [][]byte
 	problems   []string
@@ -149,6 +153,7 @@ func (u *chunkUpstream) serve(c net.Conn) {
 				io.WriteString(c, u.refuse+"\r\n")
 				continue
 			case refused:
+				u.late.Add(1)
 				io.WriteString(c, "503 5.5.1 transaction failed earlier\r\n")
 				continue
 			}
@@ -272,31 +277,14 @@ func (tp *tap) String() string {
 func TestChunkWriterBoundaries(t *testing.T) {
 	up := relaytest.NewUpstream(t)
 	for _, size := range []int{0, 1, chunkSize - 1, chunkSize, chunkSize + 1, 2 * chunkSize} {
-		raw, err := net.Dial("tcp", up.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := newUpClient(raw, 5*time.Second, 5*time.Second)
-		c.bdat = true
-		if err := c.greet(); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.hello("client.test"); err != nil {
-			t.Fatal(err)
-		}
 		rcpt := fmt.Sprintf("size%d@example.org", size)
-		if err := c.mail("app@app.example", nil); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.rcpt(rcpt, nil); err != nil {
-			t.Fatal(err)
-		}
+		c := openUpTx(t, up.Addr(), rcpt)
 		msg := bytes.Repeat([]byte("0123456789abcd\r\n"), size/16+1)[:size]
 		if size > 0 && msg[size-1] == '\r' {
 			msg[size-1] = 'x' // no bare CR at the end
 		}
 		// Odd write sizes, so that chunk ends fall inside writes.
-		_, err = c.data(func(w io.Writer) error {
+		_, err := c.data(func(w io.Writer) error {
 			for p := msg; len(p) > 0; {
 				n := min(len(p), 7919)
 				if _, err := w.Write(p[:n]); err != nil {
@@ -313,5 +301,54 @@ func TestChunkWriterBoundaries(t *testing.T) {
 			t.Errorf("%d bytes sent, upstream got %d (equal prefix: %v)", size, len(got), bytes.HasPrefix(msg, got))
 		}
 		c.quit()
+	}
+}
+
+// openUpTx is the relay's upstream client, BDAT on, in a transaction for
+// rcpt on a new connection to addr.
+func openUpTx(t *testing.T, addr, rcpt string) *upClient {
+	t.Helper()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newUpClient(raw, 5*time.Second, 5*time.Second)
+	c.bdat = true
+	for _, step := range []func() error{
+		c.greet,
+		func() error { return c.hello("client.test") },
+		func() error { return c.mail("app@app.example", nil) },
+		func() error { return c.rcpt(rcpt, nil) },
+	} {
+		if err := step(); err != nil {
+			raw.Close()
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// A writer that ignores a failed Write and goes on (or returns nil) still
+// sends no chunk after the refusal, and the upstream's verdict is what
+// the caller gets, not the 503 for a chunk after it.
+func TestChunkWriterStopsAtTheRefusal(t *testing.T) {
+	up := newChunkUpstream(t, true, "552 5.3.4 Message too big for this upstream")
+	c := openUpTx(t, up.addr, "bob@example.org")
+	defer c.Close()
+	piece := bytes.Repeat([]byte("0123456789abcd\r\n"), chunkSize/16)
+	_, err := c.data(func(w io.Writer) error {
+		for range 4 {
+			w.Write(piece) // errors ignored on purpose
+		}
+		return nil
+	})
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 552 {
+		t.Fatalf("data returned %v, want the upstream's 552", err)
+	}
+	up.check(t)
+	// With PIPELINING one chunk is on its way when the refusal is read.
+	if n := up.late.Load(); n > 1 {
+		t.Errorf("%d chunks reached the upstream after the refused one, want at most the one in flight", n)
 	}
 }

@@ -1,7 +1,11 @@
-//go:build !unix
+//go:build !unix || aix
 
 package relay
 
-// hungUp cannot look without waiting here; a stale connection is then
-// found by the BDAT reply instead, and the client retries.
+// peekable is false where hungUp cannot look at the socket without
+// waiting: there the relay keeps DATA, whose reply to the DATA command
+// shows a connection that went stale during the client's upload, and
+// which is then retried on a fresh one.
+const peekable = false
+
 func (c *upClient) hungUp() error { return nil }

@@ -8,10 +8,11 @@ import (
 	"testing"
 )
 
-// resettingUpstream accepts MAIL and RCPT, answers DATA with 354, then
-// drops the connection (RST) while the relay streams the message: the next
-// hop failing in mid-transfer.
-func resettingUpstream(t *testing.T) string {
+// resettingUpstream accepts MAIL and RCPT, answers DATA with 354 (or,
+// with chunking, offers CHUNKING and takes BDAT), then drops the
+// connection (RST) while the relay streams the message: the next hop
+// failing in mid-transfer.
+func resettingUpstream(t *testing.T, chunking bool) string {
 	return serveLoopback(t, func(c net.Conn) {
 		defer c.Close()
 		r := bufio.NewReader(c)
@@ -23,8 +24,16 @@ func resettingUpstream(t *testing.T) string {
 			}
 			cmd := strings.ToUpper(strings.TrimSpace(line))
 			switch {
+			case strings.HasPrefix(cmd, "EHLO") && chunking:
+				c.Write([]byte("250-up.test\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n"))
 			case strings.HasPrefix(cmd, "EHLO"):
 				c.Write([]byte("250-up.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"))
+			case cmd == "DATA" && chunking:
+				c.Write([]byte("502 5.5.1 BDAT only here\r\n")) // so that the test sees which path ran
+			case strings.HasPrefix(cmd, "BDAT"):
+				r.Peek(1)
+				c.(*net.TCPConn).SetLinger(0)
+				return // reset while the chunk arrives
 			case cmd == "DATA":
 				c.Write([]byte("354 go ahead\r\n"))
 				r.Peek(1)
@@ -44,7 +53,15 @@ func resettingUpstream(t *testing.T) string {
 // transport failure (451 4.4.1, counted as an upstream error), not "our
 // own failure while building a copy" (451 4.3.0).
 func TestUpstreamDropMidStreamIsTransportFailure(t *testing.T) {
-	addr := resettingUpstream(t)
+	for _, chunking := range []bool{false, true} {
+		t.Run(map[bool]string{false: "data", true: "bdat"}[chunking], func(t *testing.T) {
+			upstreamDropMidStream(t, chunking)
+		})
+	}
+}
+
+func upstreamDropMidStream(t *testing.T, chunking bool) {
+	addr := resettingUpstream(t, chunking)
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + addr })
 	var body bytes.Buffer
 	body.WriteString("From: news@acme.example\r\nSubject: hi\r\n\r\n")

@@ -341,7 +341,7 @@ func (e *upstreamWriteError) Unwrap() error { return e.err }
 // complete (no final dot, no LAST chunk), so the upstream never accepts a
 // truncated copy.
 func (c *upClient) data(write func(io.Writer) error) (string, error) {
-	if c.bdat && c.has("CHUNKING") {
+	if c.bdat && peekable && c.has("CHUNKING") {
 		return c.chunked(write)
 	}
 	if _, _, err := c.cmd(354, "DATA"); err != nil {
@@ -388,26 +388,24 @@ func (c *upClient) chunked(write func(io.Writer) error) (string, error) {
 	buf := chunkBufs.Get().(*[]byte)
 	defer chunkBufs.Put(buf)
 	cw := &chunkWriter{c: c, buf: *buf, n: chunkRoom}
-	if err := write(cw); err != nil {
-		c.Close()
-		if cw.failed {
-			return "", &upstreamWriteError{err}
+	err := write(cw)
+	if err == nil && cw.err == nil {
+		if err = cw.send(true); err == nil {
+			_, msg, err := c.reply(250)
+			return msg, err
 		}
-		if cw.refused != nil {
-			// The upstream refused a chunk: its verdict on the message.
-			return "", cw.refused
-		}
-		return "", err
 	}
-	if err := cw.send(true); err != nil {
-		if cw.refused != nil {
-			c.Close()
-			return "", cw.refused
-		}
-		return "", err
+	// Nothing is accepted without the LAST chunk's 250: closing here
+	// leaves the upstream with no message. A writer that went on after a
+	// failed Write does not get to finish the transaction either.
+	c.Close()
+	switch {
+	case cw.refused != nil:
+		return "", cw.refused // the upstream's verdict on the message
+	case cw.failed:
+		return "", &upstreamWriteError{cw.err}
 	}
-	_, msg, err := c.reply(250)
-	return msg, err
+	return "", err
 }
 
 // chunkRoom is kept free before each chunk for its BDAT command, so that
@@ -433,11 +431,15 @@ type chunkWriter struct {
 	buf     []byte // chunkRoom bytes of room, then the chunk
 	n       int    // end of the chunk in buf
 	unread  bool   // a chunk was sent whose reply is not read yet
-	failed  bool   // a write to the connection failed
-	refused error  // the upstream refused a chunk
+	err     error  // the first failure; every later Write returns it
+	failed  bool   // err is the connection's: a write or a read failed
+	refused error  // err is the upstream's refusal of a chunk
 }
 
 func (w *chunkWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err // RFC 3030: no chunk after a refusal
+	}
 	total := len(p)
 	for len(p) > 0 {
 		k := copy(w.buf[w.n:], p)
@@ -466,7 +468,7 @@ func (w *chunkWriter) send(last bool) error {
 	start := chunkRoom - len(cmd)
 	copy(w.buf[start:], cmd)
 	if _, err := w.c.conn.Write(w.buf[start:w.n]); err != nil {
-		w.failed = true
+		w.err, w.failed = err, true
 		return err
 	}
 	w.n = chunkRoom
@@ -488,12 +490,14 @@ func (w *chunkWriter) send(last bool) error {
 
 func (w *chunkWriter) chunkReply() error {
 	_, _, err := w.c.reply(250)
-	if err != nil && isSMTPReply(err) {
-		// RFC 3030: no more chunks after a refusal. The connection is
-		// closed rather than brought back in step, refusals are rare.
-		w.refused = err
-	} else if err != nil {
-		w.failed = true
+	switch {
+	case err == nil:
+	case isSMTPReply(err):
+		// No more chunks after a refusal (RFC 3030). The connection is
+		// closed rather than brought back in step: refusals are rare.
+		w.err, w.refused = err, err
+	default:
+		w.err, w.failed = err, true
 	}
 	return err
 }

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build unix && !aix
 
 package relay
 
@@ -7,6 +7,10 @@ import (
 	"io"
 	"syscall"
 )
+
+// peekable: hungUp can look at the socket without waiting, so BDAT can
+// be used; AIX's syscall package lacks MSG_DONTWAIT.
+const peekable = true
 
 // hungUp tells, without waiting, whether the upstream has already closed
 // a connection that should be silent, or spoken on it unasked (Postfix's
