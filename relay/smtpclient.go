@@ -341,7 +341,12 @@ func (e *upstreamWriteError) Unwrap() error { return e.err }
 // complete (no final dot, no LAST chunk), so the upstream never accepts a
 // truncated copy.
 func (c *upClient) data(write func(io.Writer) error) (string, error) {
-	if c.bdat && peekable && c.has("CHUNKING") {
+	// BDAT sends the whole message before the upstream says a word, so
+	// it needs a connection known to be quiet: a transaction opened at
+	// RCPT can go stale while the client uploads. Anything else (a hang-up,
+	// an unasked 421, a TLS record) goes the DATA way, whose reply to
+	// DATA tells, and nothing of the message has been sent when it fails.
+	if c.bdat && peekable && c.has("CHUNKING") && c.quiet() {
 		return c.chunked(write)
 	}
 	if _, _, err := c.cmd(354, "DATA"); err != nil {
@@ -377,12 +382,6 @@ func (c *upClient) data(write func(io.Writer) error) (string, error) {
 // included. The message is copied into a pooled chunk buffer; most fit in
 // one chunk, sent as one "BDAT n LAST" in the same write as its command.
 func (c *upClient) chunked(write func(io.Writer) error) (string, error) {
-	if err := c.hungUp(); err != nil {
-		// The DATA command found this out for the DATA path: nothing
-		// has been sent, so a fresh connection is safe.
-		c.Close()
-		return "", fmt.Errorf("%w: %w", errNothingSent, err)
-	}
 	c.raw.SetDeadline(time.Now().Add(c.dataTimeout))
 	defer c.raw.SetDeadline(time.Time{})
 	buf := chunkBufs.Get().(*[]byte)
