@@ -311,9 +311,10 @@ func opaqueToken(target string) bool {
 // in URLs: plain, and the MD5, SHA-1 and SHA-256 hex digests of the
 // normalised (trimmed, lower-case) address.
 type recipientNeedles struct {
-	addrs  []string
-	hashes []string
-	minLen int // length of the shortest address
+	addrs     []string
+	addrBytes [][]byte // addrs again, for searches in decoded bytes
+	hashes    []string
+	minLen    int // length of the shortest address
 }
 
 func newRecipientNeedles(rcpts []string) *recipientNeedles {
@@ -324,6 +325,7 @@ func newRecipientNeedles(rcpts []string) *recipientNeedles {
 			continue
 		}
 		rn.addrs = append(rn.addrs, a)
+		rn.addrBytes = append(rn.addrBytes, []byte(a))
 		if rn.minLen == 0 || len(a) < rn.minLen {
 			rn.minLen = len(a)
 		}
@@ -378,6 +380,22 @@ func (rn *recipientNeedles) find(u string) bool {
 	return rn.scanBase64(raw)
 }
 
+// containsAddrFold is containsAddr(lowerASCII(string(b))) without the
+// copies; it lowers b in place.
+func (rn *recipientNeedles) containsAddrFold(b []byte) bool {
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	for _, a := range rn.addrBytes {
+		if bytes.Contains(b, a) {
+			return true
+		}
+	}
+	return false
+}
+
 func (rn *recipientNeedles) containsAddr(s string) bool {
 	for _, a := range rn.addrs {
 		if strings.Contains(s, a) {
@@ -416,11 +434,11 @@ func (rn *recipientNeedles) scanBase64(s string) bool {
 			if rn.checkB64(run) {
 				return true
 			}
-			if slash {
-				for _, part := range strings.Split(run, "/") {
-					if len(part) >= minRun && rn.checkB64(part) {
-						return true
-					}
+			for rest := run; slash && rest != ""; {
+				var part string
+				part, rest, _ = strings.Cut(rest, "/")
+				if len(part) >= minRun && rn.checkB64(part) {
+					return true
 				}
 			}
 		}
@@ -430,7 +448,13 @@ func (rn *recipientNeedles) scanBase64(s string) bool {
 }
 
 func (rn *recipientNeedles) checkB64(tok string) bool {
-	buf := make([]byte, 0, len(tok))
+	// Most tokens are short: stack buffers spare two allocations per
+	// token, and there are a few per image URL.
+	var encStack, decStack [256]byte
+	buf := encStack[:0]
+	if len(tok) > len(encStack) {
+		buf = make([]byte, 0, len(tok))
+	}
 	for i := 0; i < len(tok); i++ {
 		switch c := tok[i]; c {
 		case '+':
@@ -445,24 +469,26 @@ func (rn *recipientNeedles) checkB64(tok string) bool {
 	if len(buf)%4 == 1 {
 		buf = buf[:len(buf)-1]
 	}
-	b := make([]byte, base64.RawURLEncoding.DecodedLen(len(buf)))
+	b := decStack[:]
+	if n := base64.RawURLEncoding.DecodedLen(len(buf)); n > len(b) {
+		b = make([]byte, n)
+	}
 	n, err := base64.RawURLEncoding.Decode(b, buf)
 	if err != nil {
 		return false
 	}
 	b = b[:n]
-	if rn.containsAddr(lowerASCII(string(b))) {
-		return true
-	}
 	if len(b) > 2 && b[0] == 0x78 && (b[1] == 0x01 || b[1] == 0x5e || b[1] == 0x9c || b[1] == 0xda) {
-		zr, err := zlib.NewReader(bytes.NewReader(b))
-		if err != nil {
-			return false
+		// zlib, before containsAddrFold lowers b in place. The clone
+		// keeps the stack buffer from escaping for the common case.
+		if zr, err := zlib.NewReader(bytes.NewReader(bytes.Clone(b))); err == nil {
+			out, _ := io.ReadAll(io.LimitReader(zr, 64<<10))
+			if rn.containsAddrFold(out) {
+				return true
+			}
 		}
-		out, _ := io.ReadAll(io.LimitReader(zr, 64<<10))
-		return rn.containsAddr(lowerASCII(string(out)))
 	}
-	return false
+	return rn.containsAddrFold(b)
 }
 
 func lowerASCII(s string) string {
