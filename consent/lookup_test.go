@@ -172,12 +172,23 @@ func TestLookupHonoursDeadlineWhenDatabaseWaits(t *testing.T) {
 			return b.Put([]byte("k"), make([]byte, 64<<20))
 		})
 	}()
-	// The refresher drops its snapshot and then cannot begin a new one.
-	for i := 0; s.view.Load() != nil; i++ {
-		if i > 500 {
-			t.Fatal("the snapshot was never dropped")
+	// The refresher drops its snapshot and then cannot begin a new one,
+	// so the snapshot stays gone for refresh after refresh. Seeing it gone
+	// once is not enough: a refresh that began before the writer reached
+	// its remap publishes a new snapshot right away, and a lookup then
+	// reads that one (CI saw this under load).
+	var gone time.Time
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if s.view.Load() != nil {
+			gone = time.Time{}
+		} else if gone.IsZero() {
+			gone = time.Now()
+		} else if time.Since(gone) > 3*viewRefresh {
+			break
 		}
-		time.Sleep(2 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatal("the snapshot never stayed dropped")
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
