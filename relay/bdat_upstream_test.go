@@ -27,10 +27,7 @@ func TestUpstreamGetsBDATWhenOffered(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + tp.addr })
 	// A line that starts with a dot: DATA would have to stuff it.
 	msg := []byte("From: app@app.example\r\nTo: bob@example.org\r\nSubject: dots\r\n\r\n.leading dot\r\n..two\r\nend\r\n")
-	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
-	c.expect("DATA", "354")
-	c.conn.Write(dotStuff(msg))
-	if r := c.reply(); !strings.HasPrefix(r, "250") {
+	if r := dataToBob(t, h, msg); !strings.HasPrefix(r, "250") {
 		t.Fatalf("client heard %q, want 250", r)
 	}
 	got := up.MessageFor("bob@example.org").Data
@@ -54,10 +51,7 @@ func TestUpstreamBDATChunksALargeMessage(t *testing.T) {
 	tp := newTap(t, up.Addr())
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + tp.addr })
 	msg := bigMessage(2*chunkSize + 12345)
-	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
-	c.expect("DATA", "354")
-	c.conn.Write(dotStuff(msg))
-	if r := c.reply(); !strings.HasPrefix(r, "250") {
+	if r := dataToBob(t, h, msg); !strings.HasPrefix(r, "250") {
 		t.Fatalf("client heard %q, want 250", r)
 	}
 	got := up.MessageFor("bob@example.org").Data
@@ -69,6 +63,16 @@ func TestUpstreamBDATChunksALargeMessage(t *testing.T) {
 	if full != 2 || last != 1 {
 		t.Errorf("chunks: %d full and %d LAST, want 2 of %d bytes and 1 LAST of %d", full, last, chunkSize, len(got)-2*chunkSize)
 	}
+}
+
+// dataToBob sends msg from app@app.example to bob@example.org with DATA
+// and returns the client's final reply.
+func dataToBob(t *testing.T, h *harness, msg []byte) string {
+	t.Helper()
+	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
+	c.expect("DATA", "354")
+	c.conn.Write(dotStuff(msg))
+	return c.reply()
 }
 
 func bigMessage(size int) []byte {
@@ -194,10 +198,7 @@ func TestUpstreamBDATWithoutPipeliningWaitsForEachReply(t *testing.T) {
 	up := newChunkUpstream(t, false, "")
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + up.addr })
 	msg := bigMessage(chunkSize + 1000)
-	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
-	c.expect("DATA", "354")
-	c.conn.Write(dotStuff(msg))
-	if r := c.reply(); !strings.HasPrefix(r, "250") {
+	if r := dataToBob(t, h, msg); !strings.HasPrefix(r, "250") {
 		t.Fatalf("client heard %q, want 250", r)
 	}
 	got := up.check(t)
@@ -213,10 +214,7 @@ func TestUpstreamBDATRefusedChunk(t *testing.T) {
 	up := newChunkUpstream(t, true, "552 5.3.4 Message too big for this upstream")
 	h := newHarness(t, func(c *Config) { c.Upstream = "smtp://" + up.addr })
 	msg := bigMessage(2*chunkSize + 1000)
-	c := openTx(t, h.addr, "app@app.example", "bob@example.org")
-	c.expect("DATA", "354")
-	c.conn.Write(dotStuff(msg))
-	if r := c.reply(); !strings.HasPrefix(r, "552 5.3.4") {
+	if r := dataToBob(t, h, msg); !strings.HasPrefix(r, "552 5.3.4") {
 		t.Fatalf("client heard %q, want the upstream's 552 5.3.4", r)
 	}
 	if got := up.check(t); len(got) != 0 {
@@ -350,5 +348,19 @@ func TestChunkWriterStopsAtTheRefusal(t *testing.T) {
 	// With PIPELINING one chunk is on its way when the refusal is read.
 	if n := up.late.Load(); n > 1 {
 		t.Errorf("%d chunks reached the upstream after the refused one, want at most the one in flight", n)
+	}
+}
+
+// A connection the relay closed itself (after a refused chunk) is not
+// pooled, even though the upstream's last word was a reply: it would take
+// a pool slot from a live connection and cost the next message a redial.
+func TestClosedConnectionIsNotPooled(t *testing.T) {
+	up := relaytest.NewUpstream(t)
+	u := &smtpUpstream{opt: SMTPUpstreamOptions{PoolSize: 4}}
+	c := openUpTx(t, up.Addr(), "bob@example.org")
+	c.Close()
+	u.put(&upConn{c: c})
+	if n := len(u.idle); n != 0 {
+		t.Errorf("the pool holds %d connections after a closed one was put back, want 0", n)
 	}
 }

@@ -4,14 +4,11 @@ package relay
 
 import "syscall"
 
-// peekable: quiet can look at the socket without waiting, so BDAT can
-// be used; AIX's syscall package lacks MSG_DONTWAIT.
-const peekable = true
-
 // quiet tells, without waiting, that the upstream has neither closed the
 // connection nor sent anything on it since its last reply: no hang-up,
 // no "421 4.4.2 timeout exceeded", no TLS record. An error from the look
-// itself counts as not quiet.
+// itself counts as not quiet. (AIX's syscall package lacks MSG_DONTWAIT;
+// there quiet_other.go's answer is always no.)
 func (c *upClient) quiet() bool {
 	if c.text.R.Buffered() > 0 {
 		return false

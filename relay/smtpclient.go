@@ -329,8 +329,10 @@ func xtext(s string) string {
 // is safe to try again on another connection.
 var errNothingSent = errors.New("the upstream connection failed before any of the message was sent")
 
-// upstreamWriteError is a write to the upstream connection that failed
-// while a copy streamed.
+// upstreamWriteError is the upstream's failure while a copy streamed: a
+// write to the connection failed or, under BDAT, the upstream refused a
+// chunk. A refusal inside stays an *smtp.SMTPError to errors.As, so it
+// reaches the client as the upstream's reply.
 type upstreamWriteError struct{ err error }
 
 func (e *upstreamWriteError) Error() string { return "sending the message: " + e.err.Error() }
@@ -346,7 +348,7 @@ func (c *upClient) data(write func(io.Writer) error) (string, error) {
 	// RCPT can go stale while the client uploads. Anything else (a hang-up,
 	// an unasked 421, a TLS record) goes the DATA way, whose reply to
 	// DATA tells, and nothing of the message has been sent when it fails.
-	if c.bdat && peekable && c.has("CHUNKING") && c.quiet() {
+	if c.bdat && c.has("CHUNKING") && c.quiet() {
 		return c.chunked(write)
 	}
 	if _, _, err := c.cmd(354, "DATA"); err != nil {
@@ -398,10 +400,7 @@ func (c *upClient) chunked(write func(io.Writer) error) (string, error) {
 	// leaves the upstream with no message. A writer that went on after a
 	// failed Write does not get to finish the transaction either.
 	c.Close()
-	switch {
-	case cw.refused != nil:
-		return "", cw.refused // the upstream's verdict on the message
-	case cw.failed:
+	if cw.err != nil {
 		return "", &upstreamWriteError{cw.err}
 	}
 	return "", err
@@ -426,13 +425,11 @@ var chunkBufs = sync.Pool{New: func() any {
 // is never idle waiting for us; without it, each reply is read first, as
 // RFC 3030 requires.
 type chunkWriter struct {
-	c       *upClient
-	buf     []byte // chunkRoom bytes of room, then the chunk
-	n       int    // end of the chunk in buf
-	unread  bool   // a chunk was sent whose reply is not read yet
-	err     error  // the first failure; every later Write returns it
-	failed  bool   // err is the connection's: a write or a read failed
-	refused error  // err is the upstream's refusal of a chunk
+	c      *upClient
+	buf    []byte // chunkRoom bytes of room, then the chunk
+	n      int    // end of the chunk in buf
+	unread bool   // a chunk was sent whose reply is not read yet
+	err    error  // the first failure, or refusal; every later Write returns it
 }
 
 func (w *chunkWriter) Write(p []byte) (int, error) {
@@ -467,7 +464,7 @@ func (w *chunkWriter) send(last bool) error {
 	start := chunkRoom - len(cmd)
 	copy(w.buf[start:], cmd)
 	if _, err := w.c.conn.Write(w.buf[start:w.n]); err != nil {
-		w.err, w.failed = err, true
+		w.err = err
 		return err
 	}
 	w.n = chunkRoom
@@ -489,14 +486,10 @@ func (w *chunkWriter) send(last bool) error {
 
 func (w *chunkWriter) chunkReply() error {
 	_, _, err := w.c.reply(250)
-	switch {
-	case err == nil:
-	case isSMTPReply(err):
+	if err != nil {
 		// No more chunks after a refusal (RFC 3030). The connection is
 		// closed rather than brought back in step: refusals are rare.
-		w.err, w.refused = err, err
-	default:
-		w.err, w.failed = err, true
+		w.err = err
 	}
 	return err
 }

@@ -533,7 +533,7 @@ func (t *smtpTx) Data(ctx context.Context, write func(io.Writer) error) (Reply, 
 		return werr
 	})
 	var uwe *upstreamWriteError
-	if werr != nil && !errors.As(err, &uwe) && !isSMTPReply(err) {
+	if werr != nil && !errors.As(err, &uwe) {
 		// Our own failure (rewrite, spool): the connection was closed
 		// without the final dot.
 		return Reply{}, werr
