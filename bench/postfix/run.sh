@@ -175,6 +175,7 @@ relay() { # NAME FLAGS... : pixelrelay serve for a setup
 profile() {
 	[ -n "${PPROF_DIR:-}" ] || return 0
 	case $1 in smtp | lmtp) ;; *) return 0 ;; esac
+	mkdir -p "$PPROF_DIR"
 	[ ! -e "$PPROF_DIR/$1.pprof" ] || return 0
 	eval "http=\$${1}_http"
 	python3 -c 'import sys, urllib.request
@@ -248,6 +249,7 @@ run() {
 	# --sort comm -n" then shows which process spent the CPU.
 	perfpid=""
 	if [ -n "${PERF_DIR:-}" ] && [ ! -e "$PERF_DIR/$1.data" ] && [ "$2" -gt 100 ]; then
+		mkdir -p "$PERF_DIR"
 		perf record -q -a -F 499 -o "$PERF_DIR/$1.data" >/dev/null 2>&1 &
 		perfpid=$!
 		sleep 0.3
