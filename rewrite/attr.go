@@ -214,9 +214,17 @@ func cssLength(s string) (px float64, ok bool) {
 	if n == 0 {
 		return 0, false
 	}
-	v, err := strconv.ParseFloat(s[:n], 64)
-	if err != nil {
-		return 0, false
+	var v float64
+	if n <= 9 && strings.IndexByte(s[:n], '.') < 0 {
+		for _, c := range []byte(s[:n]) { // whole pixels, by far the most common
+			v = v*10 + float64(c-'0')
+		}
+	} else {
+		f, err := strconv.ParseFloat(s[:n], 64)
+		if err != nil {
+			return 0, false
+		}
+		v = f
 	}
 	unit := strings.TrimSpace(s[n:])
 	switch {
@@ -239,8 +247,11 @@ type boxStyle struct {
 	zeroHeight, overflowHd bool
 }
 
-// parseBoxStyle reads the declarations of an inline style value.
+// parseBoxStyle reads the declarations of an inline style value. It runs
+// for every image and each of its ancestors, so it works on the bytes in
+// place: names and values are lowered into stack buffers, never strings.
 func parseBoxStyle(v []byte, b *boxStyle) {
+	var nameBuf, valBuf [16]byte
 	for len(v) > 0 {
 		semi := indexByteOr(v, ';')
 		decl := v[:semi]
@@ -253,45 +264,48 @@ func parseBoxStyle(v []byte, b *boxStyle) {
 		if colon >= len(decl) {
 			continue
 		}
-		name := lowerASCII(string(trimSpaceBytes(decl[:colon])))
-		val := strings.TrimSpace(string(decl[colon+1:]))
-		if i := strings.IndexByte(val, '!'); i >= 0 {
-			val = strings.TrimSpace(val[:i])
+		name, ok := lowerInto(nameBuf[:], trimSpaceBytes(decl[:colon]))
+		if !ok {
+			continue // longer than any property read here
 		}
-		val = lowerASCII(val)
-		switch name {
+		val := decl[colon+1:]
+		if i := bytes.IndexByte(val, '!'); i >= 0 {
+			val = val[:i]
+		}
+		val = trimSpaceBytes(val)
+		switch string(name) {
 		case "width":
-			b.w, b.hasW = cssLength(val)
+			b.w, b.hasW = cssLengthBytes(val)
 		case "height":
-			b.h, b.hasH = cssLength(val)
+			b.h, b.hasH = cssLengthBytes(val)
 			if b.hasH && b.h == 0 {
 				b.zeroHeight = true
 			}
 		case "max-width":
-			b.maxW, b.hasMaxW = cssLength(val)
+			b.maxW, b.hasMaxW = cssLengthBytes(val)
 		case "max-height":
-			b.maxH, b.hasMaxH = cssLength(val)
+			b.maxH, b.hasMaxH = cssLengthBytes(val)
 			if b.hasMaxH && b.maxH == 0 {
 				b.hidden = true
 			}
 		case "display":
-			if val == "none" {
+			if lv, ok := lowerInto(valBuf[:], val); ok && string(lv) == "none" {
 				b.hidden = true
 			}
 		case "visibility":
-			if val == "hidden" || val == "collapse" {
+			if lv, ok := lowerInto(valBuf[:], val); ok && (string(lv) == "hidden" || string(lv) == "collapse") {
 				b.hidden = true
 			}
 		case "opacity":
-			if f, err := strconv.ParseFloat(strings.TrimSuffix(val, "%"), 64); err == nil && f == 0 {
+			if f, err := strconv.ParseFloat(string(bytes.TrimSuffix(val, []byte("%"))), 64); err == nil && f == 0 {
 				b.hidden = true
 			}
 		case "overflow", "overflow-y":
-			if val == "hidden" || val == "clip" {
+			if lv, ok := lowerInto(valBuf[:], val); ok && (string(lv) == "hidden" || string(lv) == "clip") {
 				b.overflowHd = true
 			}
 		case "mso-hide":
-			if val == "all" {
+			if lv, ok := lowerInto(valBuf[:], val); ok && string(lv) == "all" {
 				b.msoHide = true
 			}
 		}
@@ -299,6 +313,32 @@ func parseBoxStyle(v []byte, b *boxStyle) {
 	if b.zeroHeight && b.overflowHd {
 		b.hidden = true
 	}
+}
+
+// lowerInto lowers ASCII letters of s into buf; ok is false when s does
+// not fit.
+func lowerInto(buf, s []byte) (_ []byte, ok bool) {
+	if len(s) > len(buf) {
+		return nil, false
+	}
+	for i, c := range s {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return buf[:len(s)], true
+}
+
+// cssLengthBytes is cssLength on bytes, without a string copy for the
+// common value of a few digits and a unit.
+func cssLengthBytes(v []byte) (float64, bool) {
+	var buf [24]byte
+	if len(v) > len(buf) {
+		return cssLength(string(v))
+	}
+	n := copy(buf[:], v)
+	return cssLength(string(buf[:n]))
 }
 
 func indexByteOr(b []byte, c byte) int {

@@ -146,3 +146,20 @@ func BenchmarkSrcsetPartialHits(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQPDecode decodes the benchmark newsletter's quoted-printable
+// HTML part, dense with "=3D" and soft breaks, as every rewrite does.
+func BenchmarkQPDecode(b *testing.B) {
+	msg, _ := benchInput(b)
+	i := bytes.Index(msg, []byte("Content-Type: text/html"))
+	j := bytes.Index(msg[i:], []byte("\r\n\r\n"))
+	k := bytes.Index(msg[i:], []byte("\r\n--=_weekly_2026_48--"))
+	enc := msg[i+j+4 : i+k+2]
+	var dec []byte
+	var lines []qpLine
+	b.SetBytes(int64(len(enc)))
+	b.ReportAllocs()
+	for b.Loop() {
+		dec, lines = qpDecode(enc, dec[:0], lines[:0])
+	}
+}
