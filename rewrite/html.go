@@ -281,6 +281,9 @@ func mayFetch(b []byte) bool {
 	// full of "s", and a search per word went over each several times. A
 	// table lookup passes over the bytes no word starts with.
 	for i, c := range b {
+		if !fetchWordStart[c] {
+			continue
+		}
 		for _, w := range fetchWordsFrom[c] {
 			if hasPrefixFoldBytes(b[i+1:], w[1:]) {
 				return true
@@ -289,6 +292,15 @@ func mayFetch(b []byte) bool {
 	}
 	return false
 }
+
+// fetchWordStart is true for the bytes fetchWordsFrom lists words for:
+// one byte to load per byte of the comment, not a slice header.
+var fetchWordStart = func() (t [256]bool) {
+	for c, ws := range fetchWordsFrom {
+		t[c] = len(ws) > 0
+	}
+	return t
+}()
 
 // fetchWordsFrom lists mayFetch's words (lower case) by their first byte,
 // in either case.
