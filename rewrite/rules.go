@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"sync"
 )
@@ -36,34 +35,82 @@ type Rules struct {
 	allowIdx, trackIdx ruleIndex
 }
 
-// ruleIndex narrows a rule list to the rules that can match a host.
+// ruleIndex narrows a rule list to the rules that can match a URL. Each
+// rule is in one list: by the host key its host pattern fixes, else by the
+// first host label it fixes ("t" for "t.sidekickopen*.com"), else by the
+// first path segment it fixes ("/wf" for "/wf/open?upn=*"), else always.
+// The rules that name no ESP domain are mostly of the last two kinds, and
+// every image URL of every message would otherwise try each of them.
 type ruleIndex struct {
-	byKey  map[string][]int32 // rules whose host pattern fixes the key, plus always
-	always []int32            // rules that can match any key ("*", "*.com", ...)
+	byKey   map[string][]int32
+	byLabel map[string][]int32
+	bySeg   map[string][]int32
+	always  []int32
 }
 
 func buildRuleIndex(rules []rule) ruleIndex {
-	ix := ruleIndex{byKey: map[string][]int32{}}
+	ix := ruleIndex{byKey: map[string][]int32{}, byLabel: map[string][]int32{}, bySeg: map[string][]int32{}}
 	for i := range rules {
-		if k, ok := rules[i].host.hostKey(); ok {
+		ru := &rules[i]
+		if k, ok := ru.host.hostKey(); ok {
 			ix.byKey[k] = append(ix.byKey[k], int32(i))
+		} else if l, ok := ru.host.firstLabel(); ok {
+			ix.byLabel[l] = append(ix.byLabel[l], int32(i))
+		} else if sg, ok := ru.path.firstSegment(); ok {
+			ix.bySeg[sg] = append(ix.bySeg[sg], int32(i))
 		} else {
 			ix.always = append(ix.always, int32(i))
 		}
 	}
-	for k, keyed := range ix.byKey {
-		merged := append(append([]int32(nil), keyed...), ix.always...)
-		slices.Sort(merged)
-		ix.byKey[k] = merged
-	}
 	return ix
 }
 
-func (ix *ruleIndex) candidates(host string) []int32 {
-	if c, ok := ix.byKey[hostKey(host)]; ok {
-		return c
+// first returns the lowest index among the rules that can match host and
+// target whose rule matches, or -1. Each list is in file order, so a list
+// is read up to its first match or to the best one found so far.
+func (ix *ruleIndex) first(rules []rule, host, target string) int32 {
+	best := int32(-1)
+	try := func(list []int32) {
+		for _, i := range list {
+			if best >= 0 && i > best {
+				return
+			}
+			if rules[i].matches(host, target) {
+				best = i
+				return
+			}
+		}
 	}
-	return ix.always
+	try(ix.byKey[hostKey(host)])
+	if len(ix.byLabel) > 0 {
+		try(ix.byLabel[firstLabel(host)])
+	}
+	if len(ix.bySeg) > 0 {
+		try(ix.bySeg[firstSegment(target)])
+	}
+	try(ix.always)
+	return best
+}
+
+// firstLabel is a host's text before its first dot; a host without one
+// has no label to key on.
+func firstLabel(host string) string {
+	if i := strings.IndexByte(host, '.'); i >= 0 {
+		return host[:i]
+	}
+	return "\x00" // no pattern's label
+}
+
+// firstSegment is a target's first path segment with its leading "/",
+// up to the next "/" or "?" ("/" for "/?u=1").
+func firstSegment(target string) string {
+	if len(target) == 0 {
+		return ""
+	}
+	if i := strings.IndexAny(target[1:], "/?"); i >= 0 {
+		return target[:1+i]
+	}
+	return target
 }
 
 // hostKey is a host's last two labels ("sendgrid.net" for
@@ -89,6 +136,28 @@ func (p *pattern) hostKey() (string, bool) {
 	}
 	if strings.Count(p.suffix, ".") >= 2 {
 		return hostKey(p.suffix), true
+	}
+	return "", false
+}
+
+// firstLabel returns the first label of every host the pattern matches,
+// when its literal prefix fixes one ("t" for "t.sidekickopen*.com").
+func (p *pattern) firstLabel() (string, bool) {
+	if i := strings.IndexByte(p.prefix, '.'); i > 0 {
+		return p.prefix[:i], true
+	}
+	return "", false
+}
+
+// firstSegment returns the first path segment (firstSegment) of every
+// target the pattern matches, when its literal prefix fixes one: it must
+// run past that segment's "/" or "?".
+func (p *pattern) firstSegment() (string, bool) {
+	if len(p.prefix) < 2 || p.prefix[0] != '/' {
+		return "", false
+	}
+	if i := strings.IndexAny(p.prefix[1:], "/?"); i >= 0 {
+		return p.prefix[:1+i], true
 	}
 	return "", false
 }
@@ -219,15 +288,11 @@ func ParseRules(r io.Reader, name string) (*Rules, error) {
 // match reports the first allow rule, else the first track rule, matching
 // host (lower case) and target (path and query).
 func (r *Rules) match(host, target string) (hit, allow bool, vendor string) {
-	for _, i := range r.allowIdx.candidates(host) {
-		if r.allow[i].matches(host, target) {
-			return true, true, r.allow[i].vendor
-		}
+	if i := r.allowIdx.first(r.allow, host, target); i >= 0 {
+		return true, true, r.allow[i].vendor
 	}
-	for _, i := range r.trackIdx.candidates(host) {
-		if r.track[i].matches(host, target) {
-			return true, false, r.track[i].vendor
-		}
+	if i := r.trackIdx.first(r.track, host, target); i >= 0 {
+		return true, false, r.track[i].vendor
 	}
 	return false, false, ""
 }

@@ -42,15 +42,19 @@ func fillPattern(p pattern, fill string) string {
 	return b.String()
 }
 
-// TestRuleIndexMatchesLinear holds the host index to the plain scan of
-// every rule, on the default rules and on a user file whose patterns the
-// index cannot key.
+// TestRuleIndexMatchesLinear holds the index to the plain scan of every
+// rule, on the default rules and on a user file with patterns of each
+// kind: keyed by host, by first label, by first path segment, and not at
+// all.
 func TestRuleIndexMatchesLinear(t *testing.T) {
 	user, err := ParseRules(strings.NewReader("track * /px/{hex}.gif Any host\n"+
 		"track *sendgrid.net /o/* Not keyed: evilsendgrid.net matches too\n"+
 		"allow *.cdn.example.com /* Keyed by its suffix\n"+
 		"track t.example.com /* A literal host\n"+
-		"track *.com /open* One dot: not keyed\n"), "user")
+		"track *.com /open* One dot: not keyed\n"+
+		"track px.*.example * Keyed by its first label\n"+
+		"track * /e/o?id={num} Keyed by its first path segment\n"+
+		"track * /?u=* Keyed by the segment \"/\"\n"), "user")
 	if err != nil {
 		t.Fatal(err)
 	}
