@@ -53,13 +53,13 @@ func (a *tagAttrs) reset() { *a = tagAttrs{dups: a.dups[:0]} }
 func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 	out.reset()
 	i := ts + 1
-	for i < te && !isSpace(view[i]) && view[i] != '/' && view[i] != '>' {
+	for i < te && attrByte[view[i]]&endsTagName == 0 {
 		i++
 	}
 	var nameBuf [16]byte
 	for i < te {
 		wsStart := i
-		for i < te && isSpace(view[i]) {
+		for i < te && attrByte[view[i]]&space != 0 {
 			i++
 		}
 		if i >= te || view[i] == '>' {
@@ -71,18 +71,18 @@ func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 		}
 		nameStart := i
 		i++ // the first character is part of the name even if it is '='
-		for i < te && !isSpace(view[i]) && view[i] != '/' && view[i] != '>' && view[i] != '=' {
+		for i < te && attrByte[view[i]]&endsAttrName == 0 {
 			i++
 		}
 		nameEnd := i
 		end := i
-		for i < te && isSpace(view[i]) {
+		for i < te && attrByte[view[i]]&space != 0 {
 			i++
 		}
 		vs, ve := nameEnd, nameEnd
 		if i < te && view[i] == '=' {
 			i++
-			for i < te && isSpace(view[i]) {
+			for i < te && attrByte[view[i]]&space != 0 {
 				i++
 			}
 			if i < te {
@@ -102,7 +102,7 @@ func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 				case '>':
 				default:
 					vs = i
-					for i < te && !isSpace(view[i]) && view[i] != '>' {
+					for i < te && attrByte[view[i]]&endsUnquoted == 0 {
 						i++
 					}
 					ve = i
@@ -170,6 +170,25 @@ func parseAttrs(view []byte, ts, te int, out *tagAttrs) {
 		}
 	}
 }
+
+// attrByte classifies bytes for parseAttrs, which runs on every image and
+// its ancestors: one table load per byte instead of up to eight compares.
+var attrByte = func() (t [256]uint8) {
+	for _, c := range []byte(" \t\n\r\f") {
+		t[c] |= space | endsTagName | endsAttrName | endsUnquoted
+	}
+	t['/'] |= endsTagName | endsAttrName
+	t['>'] |= endsTagName | endsAttrName | endsUnquoted
+	t['='] |= endsAttrName
+	return t
+}()
+
+const (
+	space        = 1 << iota // isSpace
+	endsTagName              // space, '/' or '>'
+	endsAttrName             // space, '/', '>' or '='
+	endsUnquoted             // space or '>'
+)
 
 // attrValue returns the attribute's value with entities unescaped.
 func attrValue(view []byte, a attrSpan) string {
