@@ -201,12 +201,11 @@ func scanTag(b []byte, i int) (nameEnd, te int, lastUnquotedAtGT bool) {
 		if i >= n {
 			return 0, -1, false
 		}
-		if c := b[i]; isHTMLSpace(c) {
+		if c := b[i]; attrByte[c]&endsTagName != 0 {
 			nameEnd = i
-			i++
-			break
-		} else if c == '/' || c == '>' {
-			nameEnd = i
+			if attrByte[c]&space != 0 {
+				i++
+			}
 			break
 		}
 	}
@@ -224,8 +223,7 @@ func scanTag(b []byte, i int) (nameEnd, te int, lastUnquotedAtGT bool) {
 			if i >= n {
 				return 0, -1, false
 			}
-			c := b[i]
-			if c == '=' && i > ks || isHTMLSpace(c) || c == '/' || c == '>' {
+			if c := b[i]; attrByte[c]&endsAttrName != 0 && (c != '=' || i > ks) {
 				break
 			}
 		}
@@ -254,11 +252,12 @@ func scanTag(b []byte, i int) (nameEnd, te int, lastUnquotedAtGT bool) {
 					if i >= n {
 						return 0, -1, false
 					}
-					if c := b[i]; isHTMLSpace(c) {
-						i++
-						break
-					} else if c == '>' {
-						lastUnquotedAtGT = keyed
+					if c := b[i]; attrByte[c]&endsUnquoted != 0 {
+						if c == '>' {
+							lastUnquotedAtGT = keyed
+						} else {
+							i++
+						}
 						break
 					}
 				}
@@ -402,7 +401,7 @@ func isHTMLSpace(c byte) bool {
 }
 
 func skipHTMLSpace(b []byte, i int) int {
-	for i < len(b) && isHTMLSpace(b[i]) {
+	for i < len(b) && attrByte[b[i]]&space != 0 {
 		i++
 	}
 	return i
