@@ -339,6 +339,10 @@ printf 'null filter / Postfix alone: %.3f (the cost of queueing twice)\n' "$(ech
 printf 'CPU busy during the runs (median): alone %s %%, null %s %%, SMTP %s %%, LMTP %s %%\n' \
 	"$(median <"$tmp/alone.busy")" "$(median <"$tmp/null.busy")" "$(median <"$tmp/smtp.busy")" "$(median <"$tmp/lmtp.busy")"
 printf 'pixelrelay / null filter (median of per-round ratios): SMTP %s, LMTP %s (target >= %s)\n' "$smtp_ratio" "$lmtp_ratio" "$TARGET"
+# The spread says how far one run's median can be trusted: this machine's
+# speed drifts while a round runs, and each ratio compares runs seconds apart.
+spread() { sort -n | awk '{v[NR] = $1} END {printf "%.3f-%.3f", v[1], v[NR]}'; }
+printf 'per-round ratios, lowest-highest: SMTP %s, LMTP %s\n' "$(spread <"$tmp/smtp.ratio")" "$(spread <"$tmp/lmtp.ratio")"
 printf 'pixelrelay peak RSS (VmHWM): SMTP %s MB, LMTP %s MB; CPU per message: SMTP %s ms, LMTP %s ms\n' \
 	"$(rss "$smtp_relay")" "$(rss "$lmtp_relay")" \
 	"$(cpu_ms "$smtp_relay" "$(wc -l <"$tmp/smtp.audit")")" "$(cpu_ms "$lmtp_relay" "$(wc -l <"$tmp/lmtp.audit")")"
