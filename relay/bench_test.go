@@ -18,7 +18,8 @@ import (
 // (strip) and the upstream client. keep is a consenting recipient (the
 // message passes unchanged), strip one without consent, bdat the keep case
 // sent in BDAT chunks; strip-to-chunking is strip into a sink that offers
-// CHUNKING, as Postfix does, so the relay sends BDAT instead of DATA.
+// CHUNKING, as Postfix does, so the relay sends BDAT instead of DATA; lmtp
+// is strip-to-chunking over LMTP, as Postfix's lmtp transport sends it.
 func BenchmarkRelay(b *testing.B) {
 	raw, err := os.ReadFile("../testdata/bench/newsletter.eml")
 	if err != nil {
@@ -27,21 +28,31 @@ func BenchmarkRelay(b *testing.B) {
 	data := dotStuff(raw)
 	body := bytes.TrimSuffix(data, []byte(".\r\n"))
 	for _, tc := range []struct {
-		name, consent  string
-		bdat, chunking bool
+		name, consent        string
+		bdat, chunking, lmtp bool
 	}{
-		{"keep", "granted", false, false},
-		{"strip", "", false, false},
-		{"bdat", "granted", true, false},
-		{"strip-to-chunking", "", false, true},
+		{"keep", "granted", false, false, false},
+		{"strip", "", false, false, false},
+		{"bdat", "granted", true, false, false},
+		{"strip-to-chunking", "", false, true, false},
+		{"lmtp", "", false, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			sink := startSink(b, tc.chunking)
-			h := newHarness(b, func(c *Config) { c.Upstream = "smtp://" + sink })
+			h := newHarness(b, func(c *Config) {
+				c.Upstream = "smtp://" + sink
+				if tc.lmtp {
+					c.ListenLMTP = Addrs{"127.0.0.1:0"}
+				}
+			})
 			if tc.consent != "" {
 				h.setConsent("reader@example.fr", tc.consent)
 			}
-			conn, err := net.Dial("tcp", h.addr)
+			addr, hello := h.addr, "EHLO"
+			if tc.lmtp {
+				addr, hello = h.relay.Addr("lmtp").String(), "LHLO"
+			}
+			conn, err := net.Dial("tcp", addr)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -54,7 +65,7 @@ func BenchmarkRelay(b *testing.B) {
 				}
 			}
 			expect("220")
-			fmt.Fprintf(conn, "EHLO bench.example\r\n")
+			fmt.Fprintf(conn, "%s bench.example\r\n", hello)
 			expect("250")
 			envelope := []byte("MAIL FROM:<news@example-news.com>\r\nRCPT TO:<reader@example.fr>\r\n")
 			var chunks []byte

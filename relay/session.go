@@ -35,6 +35,8 @@ type session struct {
 	// inTx mirrors tx != nil without the mutex: the connection wrapper
 	// asks for it while Data (under BDAT) may hold the lock.
 	inTx atomic.Bool
+
+	work worker // runs each message's work (see worker)
 }
 
 func (s *session) inTransaction() bool { return s.inTx.Load() }
@@ -198,7 +200,15 @@ func (s *session) Data(r io.Reader) error {
 	tx := s.takeTx()
 	s.setDataDeadline()
 	defer s.endData()
-	out := s.data(tx, r)
+	var out *outcome
+	if _, chunked := r.(*io.PipeReader); chunked {
+		// BDAT: go-smtp runs Data on a new goroutine (see worker). A
+		// DATA message is read on the connection's own goroutine, whose
+		// stack has grown already; a worker would only add two switches.
+		s.work.run(func() { out = s.data(tx, r) })
+	} else {
+		out = s.data(tx, r)
+	}
 	if out == nil || out.reply == nil {
 		// A nil *SMTPError in an error interface is not nil, and go-smtp
 		// would dereference it: return a true nil for "250 OK".
@@ -213,7 +223,8 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	tx := s.takeTx()
 	s.setDataDeadline()
 	defer s.endData()
-	out := s.data(tx, r)
+	var out *outcome
+	s.work.run(func() { out = s.data(tx, r) })
 	if out == nil || out.perRecipient == nil {
 		if out == nil || out.reply == nil {
 			return nil
@@ -315,6 +326,7 @@ func (s *session) Reset() {
 }
 
 func (s *session) Logout() error {
+	s.work.close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.abortLocked()
