@@ -36,7 +36,7 @@ type session struct {
 	// asks for it while Data (under BDAT) may hold the lock.
 	inTx atomic.Bool
 
-	work worker // runs each message's work (see worker)
+	work worker // runs the work of LMTP and BDAT messages (see worker)
 }
 
 func (s *session) inTransaction() bool { return s.inTx.Load() }
