@@ -202,9 +202,12 @@ func (s *session) Data(r io.Reader) error {
 	defer s.endData()
 	var out *outcome
 	if _, chunked := r.(*io.PipeReader); chunked {
-		// BDAT: go-smtp runs Data on a new goroutine (see worker). A
+		// BDAT: go-smtp feeds the chunks into a pipe and runs Data on a
+		// new goroutine (see worker); the pipe is how Data can tell. A
 		// DATA message is read on the connection's own goroutine, whose
 		// stack has grown already; a worker would only add two switches.
+		// TestSessionWorkersEndWithTheirSessions fails should a go-smtp
+		// upgrade hand BDAT messages over differently.
 		s.work.run(func() { out = s.data(tx, r) })
 	} else {
 		out = s.data(tx, r)

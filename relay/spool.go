@@ -279,12 +279,12 @@ func headerLength(m *message) int {
 	return i + 2
 }
 
-// parseHeader reads the fields the relay needs (Message-ID, campaign
-// headers, From). A damaged header is not an error: what parses is used
-// and the message itself is forwarded untouched.
 // headerReaders spare parseHeader a 4 KB buffer per message.
 var headerReaders = sync.Pool{New: func() any { return bufio.NewReader(nil) }}
 
+// parseHeader reads the fields the relay needs (Message-ID, campaign
+// headers, From). A damaged header is not an error: what parses is used
+// and the message itself is forwarded untouched.
 func parseHeader(m *message, end int) textproto.MIMEHeader {
 	if end < 0 {
 		end = len(m.mem)
