@@ -13,15 +13,21 @@
 #
 # The instances are configured as docs/postfix.md and deploy/postfix/
 # describe (filter transport maxproc 10, the FILTER_README reinjection
-# smtpd), on free loopback ports. The order of the four rotates every
-# round. Reported: medians, and pixelrelay/null-filter for SMTP and LMTP
+# smtpd), on free loopback ports. The order of the four changes every
+# round, through a Williams square: over four rounds each setup runs once
+# in each position, and follows each other setup once, so that neither
+# the machine's drift within a round nor what the run before leaves behind
+# can favour one setup. (Merely rotated, the orders had the null filter
+# follow Postfix alone, the lightest setup, in three rounds of four, and
+# each pixelrelay setup follow a filtered one.) Use a multiple of 4
+# rounds. Reported: medians, and pixelrelay/null-filter for SMTP and LMTP
 # (target >= 0.85).
 #
 #   sudo bench/postfix/run.sh
 #   KEEP=1 sudo bench/postfix/run.sh     # keep the instances' logs and audit logs
 #   PPROF_DIR=/tmp/prof sudo bench/postfix/run.sh   # and CPU profiles of pixelrelay (go tool pprof)
 #   PERF_DIR=/tmp/perf sudo bench/postfix/run.sh     # and system-wide perf recordings of one run per setup
-#   ROUNDS=5 MESSAGES=2000 SESSIONS=20 sudo bench/postfix/run.sh
+#   ROUNDS=12 MESSAGES=2000 SESSIONS=20 sudo bench/postfix/run.sh
 #   GODEBUG= sudo bench/postfix/run.sh    # pixelrelay without the systemd unit's GODEBUG
 #   MAX_PROCS=0 sudo bench/postfix/run.sh  # Go's default GOMAXPROCS instead of docs/postfix.md's --max-procs
 #
@@ -31,7 +37,7 @@
 # (pixelrelay, smtp-sink) or by postfix -c DIR stop.
 set -eu
 
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-8}
 MESSAGES=${MESSAGES:-2000}
 SESSIONS=${SESSIONS:-20}
 TARGET=${TARGET:-0.85}
@@ -313,13 +319,14 @@ grep -q '"action":"strip"' "$tmp/lmtp.audit" || die "the LMTP filter did not str
 for s in $SETUPS; do : >"$tmp/$s.rate"; : >"$tmp/$s.busy"; done
 : >"$tmp/smtp.ratio"
 : >"$tmp/lmtp.ratio"
+[ $((ROUNDS % 4)) -eq 0 ] || echo "warning: ROUNDS=$ROUNDS is no multiple of 4, so the order of the setups is not balanced" >&2
 r=1
 while [ $r -le "$ROUNDS" ]; do
 	case $((r % 4)) in
-	1) order="alone null smtp lmtp" ;;
-	2) order="null smtp lmtp alone" ;;
-	3) order="smtp lmtp alone null" ;;
-	0) order="lmtp alone null smtp" ;;
+	1) order="alone null lmtp smtp" ;;
+	2) order="null smtp alone lmtp" ;;
+	3) order="smtp lmtp null alone" ;;
+	0) order="lmtp alone smtp null" ;;
 	esac
 	line="round $r:"
 	for s in $order; do
@@ -338,11 +345,13 @@ done
 rss() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 # cpu_ms PID MESSAGES: the process's user+system CPU time per message.
 cpu_ms() { awk -v n="$2" -v hz="$(getconf CLK_TCK)" '{printf "%.2f", 1000 * ($14 + $15) / hz / n}' "/proc/$1/stat"; }
-# calls PID MESSAGES: the process's read and write system calls, and its
-# minor page faults, per message.
+# calls PID MESSAGES: the process's read and write system calls, its
+# minor page faults and its context switches, per message.
 calls() {
 	awk -v n="$2" '/^syscr/ {r = $2} /^syscw/ {w = $2} END {printf "%.1f reads, %.1f writes", r / n, w / n}' "/proc/$1/io"
 	awk -v n="$2" '{printf ", %.1f page faults", $10 / n}' "/proc/$1/stat"
+	# Summed over every thread of the process: each is a sleep and a wake-up.
+	cat /proc/"$1"/task/*/status | awk -v n="$2" '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {i += $2} END {printf ", %.1f context switches (%.1f involuntary)", (v + i) / n, i / n}'
 }
 alone=$(median <"$tmp/alone.rate")
 null=$(median <"$tmp/null.rate")
@@ -363,7 +372,7 @@ printf 'per-round ratios, lowest-highest: SMTP %s, LMTP %s\n' "$(spread <"$tmp/s
 printf 'pixelrelay peak RSS (VmHWM): SMTP %s MB, LMTP %s MB; CPU per message: SMTP %s ms, LMTP %s ms\n' \
 	"$(rss "$smtp_relay")" "$(rss "$lmtp_relay")" \
 	"$(cpu_ms "$smtp_relay" "$(wc -l <"$tmp/smtp.audit")")" "$(cpu_ms "$lmtp_relay" "$(wc -l <"$tmp/lmtp.audit")")"
-printf 'pixelrelay system calls and page faults per message: SMTP %s; LMTP %s\n' \
+printf 'pixelrelay system calls, page faults and context switches per message: SMTP %s; LMTP %s\n' \
 	"$(calls "$smtp_relay" "$(wc -l <"$tmp/smtp.audit")")" "$(calls "$lmtp_relay" "$(wc -l <"$tmp/lmtp.audit")")"
 
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
