@@ -91,9 +91,8 @@ wait_port "$sink_port" || die "smtp-sink did not start: $(cat "$tmp/sink.log")"
 delivered() { tail -c 100 "$tmp/sink.count" | tr '\r' '\n' | awk -F'mesg=' 'NF > 1 {v = $2} END {print v + 0}'; }
 # wait_delivered WANT SECONDS: waits until the sink has WANT messages and
 # prints the time it saw the last one; fails after SECONDS. One process
-# polling every 5 ms: a shell loop forking tail, tr and awk every 20 ms
-# took 4 % of the CPUs the setups compete for, and only as long as the
-# setup was slower, and it timed the end to 20 ms only.
+# polls every 5 ms: a shell loop forking tail, tr and awk every 20 ms took
+# 4 % of the CPUs while a setup drained, and timed the end to 20 ms only.
 wait_delivered() {
 	python3 - "$tmp/sink.count" "$1" "$2" <<-'PY'
 		import os, re, sys, time
