@@ -268,7 +268,9 @@ type boxStyle struct {
 
 // parseBoxStyle reads the declarations of an inline style value. It runs
 // for every image and each of its ancestors, so it works on the bytes in
-// place: names and values are lowered into stack buffers, never strings.
+// place: names and values are lowered into stack buffers, and a length
+// reaches cssLength as a string that does not escape, which Go converts
+// into a buffer on the stack.
 func parseBoxStyle(v []byte, b *boxStyle) {
 	var nameBuf, valBuf [16]byte
 	for len(v) > 0 {
@@ -294,16 +296,16 @@ func parseBoxStyle(v []byte, b *boxStyle) {
 		val = trimSpaceBytes(val)
 		switch string(name) {
 		case "width":
-			b.w, b.hasW = cssLengthBytes(val)
+			b.w, b.hasW = cssLength(string(val))
 		case "height":
-			b.h, b.hasH = cssLengthBytes(val)
+			b.h, b.hasH = cssLength(string(val))
 			if b.hasH && b.h == 0 {
 				b.zeroHeight = true
 			}
 		case "max-width":
-			b.maxW, b.hasMaxW = cssLengthBytes(val)
+			b.maxW, b.hasMaxW = cssLength(string(val))
 		case "max-height":
-			b.maxH, b.hasMaxH = cssLengthBytes(val)
+			b.maxH, b.hasMaxH = cssLength(string(val))
 			if b.hasMaxH && b.maxH == 0 {
 				b.hidden = true
 			}
@@ -347,17 +349,6 @@ func lowerInto(buf, s []byte) (_ []byte, ok bool) {
 		buf[i] = c
 	}
 	return buf[:len(s)], true
-}
-
-// cssLengthBytes is cssLength on bytes, without a string copy for the
-// common value of a few digits and a unit.
-func cssLengthBytes(v []byte) (float64, bool) {
-	var buf [24]byte
-	if len(v) > len(buf) {
-		return cssLength(string(v))
-	}
-	n := copy(buf[:], v)
-	return cssLength(string(buf[:n]))
 }
 
 func indexByteOr(b []byte, c byte) int {
